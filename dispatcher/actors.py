@@ -1,0 +1,69 @@
+"""Dramatiq actors: thin shells over :mod:`dispatcher.delivery`.
+
+Importing this module binds the actors to the installed broker (or one built from settings). The worker
+command sets ``DISPATCHER_REDIS_URL`` before Dramatiq imports it in each worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from . import broker as _broker
+from . import clock, runtime
+from .delivery import deliver
+from .errors import ConfigError
+from .privacy import RedactingFilter
+from .settings import load_settings
+
+#: Delays longer than this are not parked in the broker (workers would hold them in memory);
+#: the periodic sweep finds such deliveries in the ledger when they are due.
+MAX_BROKER_DELAY = timedelta(minutes=5)
+
+
+def _ensure_broker() -> RedisBroker:
+    installed = _broker.installed()
+    if installed is not None:
+        return installed
+    url = load_settings().redis_url
+    if not url:
+        raise ConfigError("DISPATCHER_REDIS_URL is not set (the dispatcher command starts a private Redis)")
+    return _broker.install(url)
+
+
+def _redact_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+_ensure_broker()
+_redact_logs()
+
+
+@dramatiq.actor(queue_name=_broker.QUEUE, max_retries=5, min_backoff=1_000, max_backoff=30_000,
+                time_limit=300_000)
+def send_delivery(delivery_id: int) -> None:
+    outcome = deliver(runtime.current(), delivery_id)
+    if outcome.again_at is not None:
+        schedule(delivery_id, outcome.again_at)
+
+
+def schedule(delivery_id: int, at: object) -> None:
+    from datetime import datetime
+
+    assert isinstance(at, datetime)
+    delay = at - clock.now()
+    if delay > MAX_BROKER_DELAY:
+        return  # the sweep re-enqueues it when due
+    ms = max(0, int(delay.total_seconds() * 1000))
+    send_delivery.send_with_options(args=(delivery_id,), delay=ms or None)
+
+
+def dispatch_ids(ids: list[int]) -> None:
+    """Hand new deliveries to the broker, one message each, pipelined."""
+    for delivery_id in ids:
+        send_delivery.send(delivery_id)

@@ -1,0 +1,56 @@
+"""The Dramatiq broker, built from settings. All Redis key names of our own live in ``keys``."""
+
+from __future__ import annotations
+
+import dramatiq
+import dramatiq.common
+from dramatiq.brokers.redis import RedisBroker
+
+QUEUE = "deliveries"
+NAMESPACE = "dispatcher"
+
+
+class keys:  # noqa: N801 - a namespace of constants
+    """Every Redis key dispatcher itself uses (the broker's own keys live under ``dispatcher:``)."""
+
+    prefix = "dispatcher:x"
+
+    @staticmethod
+    def rate(scope: str) -> str:
+        return f"{keys.prefix}:rate:{scope}"
+
+    @staticmethod
+    def quota(scope: str) -> str:
+        return f"{keys.prefix}:quota:{scope}"
+
+    @staticmethod
+    def sweep_lock() -> str:
+        return f"{keys.prefix}:sweep-lock"
+
+
+def build_broker(redis_url: str) -> RedisBroker:
+    # A dead worker's messages come back after heartbeat_timeout; the ledger's claim makes the redelivery
+    # harmless, so a short timeout only costs a few harmless re-reads.
+    broker = RedisBroker(url=redis_url, namespace=NAMESPACE, heartbeat_timeout=15_000, maintenance_chance=10_000)
+    return broker
+
+
+_installed: RedisBroker | None = None
+
+
+def install(redis_url: str) -> RedisBroker:
+    global _installed
+    broker = build_broker(redis_url)
+    dramatiq.set_broker(broker)
+    _installed = broker
+    return broker
+
+
+def installed() -> RedisBroker | None:
+    return _installed
+
+
+def queue_depth(broker: RedisBroker) -> int:
+    """Messages held by the broker for our queue (waiting, delayed or in flight)."""
+    names = [f"{NAMESPACE}:{QUEUE}.msgs", f"{NAMESPACE}:{dramatiq.common.dq_name(QUEUE)}.msgs"]
+    return sum(int(broker.client.hlen(name)) for name in names)

@@ -1,0 +1,226 @@
+"""The ``dispatcher`` command (SPEC §9). Commands are thin: they parse, call a service, print.
+
+Exit codes: 0 success; 1 a check failed / operation refused; 2 usage or configuration error;
+3 ``enqueue`` accepted some rows and rejected others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import clock
+from .errors import ConfigError, DispatcherError, InputError
+from .privacy import install_log_redaction
+from .settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
+
+err = Console(stderr=True)
+out = Console()
+log = logging.getLogger("dispatcher")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable
+    install_log_redaction(settings.log_level)
+    clock.start_at(settings.clock_start)
+    if clock.is_shifted():
+        log.warning("clock starts at %s (DISPATCHER_CLOCK_START): rehearsal mode", settings.clock_start)
+    return settings
+
+
+@contextmanager
+def redis_available(settings: Settings, *, persistent: bool = True) -> Iterator[Settings]:
+    """Yield settings with a reachable Redis: the configured one, or a private server of our own."""
+    if settings.redis_url:
+        yield settings
+        return
+    from .redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(settings.data_dir / "redis", persistent=persistent)
+    url = server.start()
+    os.environ["DISPATCHER_REDIS_URL"] = url
+    try:
+        yield settings.model_copy(update={"redis_url": url})
+    finally:
+        os.environ.pop("DISPATCHER_REDIS_URL", None)
+        server.stop()
+
+
+def install_runtime(settings: Settings) -> Any:
+    from . import broker, runtime
+
+    assert settings.redis_url
+    if broker.installed() is None:
+        broker.install(settings.redis_url)
+    rt = runtime.Runtime(settings)
+    runtime.use(rt)
+    return rt
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dispatcher")
+def cli() -> None:
+    """Send each eligible person one message with their receipt URL, and account for every one."""
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except (ConfigError, InputError) as exc:
+        fail(str(exc))
+    except DispatcherError as exc:
+        fail(str(exc), EXIT_FAIL)
+
+
+# enqueue ---------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("campaign_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipients_csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write rejected rows (default: beside the input, *.rejects.csv).")
+@click.option("--dry-run", is_flag=True, help="Validate and report; write nothing to the ledger, send nothing.")
+def enqueue(campaign_file: Path, recipients_csv: Path, rejects_path: Path | None, dry_run: bool) -> None:
+    """Validate RECIPIENTS_CSV and add its people to the campaign in CAMPAIGN_FILE."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from .enqueue import enqueue_campaign
+
+    settings = settings_or_exit()
+    if not recipients_csv.is_file():
+        fail(f"recipient list not found: {recipients_csv}")
+    try:
+        with redis_available(settings) if not dry_run else _nothing(settings) as live:
+            if not dry_run:
+                install_runtime(live)
+            size = recipients_csv.stat().st_size
+            show = size > 1_000_000 and err.is_terminal
+            with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                          TimeRemainingColumn(), console=err, disable=not show) as bar:
+                task = bar.add_task("enqueue", total=size)
+                result = enqueue_campaign(campaign_file, recipients_csv, rejects_path=rejects_path,
+                                          dry_run=dry_run, settings=live,
+                                          progress=lambda n: bar.update(task, completed=n))
+    except (ConfigError, InputError) as exc:
+        fail(str(exc))
+        return
+    summary = Table(title=f"campaign {result.campaign_id}" + (" (dry run)" if dry_run else ""), show_header=False)
+    for label, value in [
+        ("rows read", result.rows), ("accepted", result.accepted), ("  new", result.new),
+        ("  already in the campaign", result.already_present), ("  email", result.by_channel["email"]),
+        ("  sms", result.by_channel["sms"]), ("  sms parts", result.sms_parts),
+        ("  flagged (legacy carrier address)", result.flagged), ("rejected", result.rejected),
+    ]:
+        summary.add_row(label, f"{value:,}")
+    if result.encoding:
+        summary.add_row("encoding", result.encoding)
+    if result.rejects_path:
+        summary.add_row("rejects file", str(result.rejects_path))
+    out.print(summary)
+    for rejected in result.rejects[:20]:
+        err.print(f"  row {rejected.row}: {rejected.reason}", highlight=False, markup=False)
+    if result.rejected > 20:
+        err.print(f"  … and {result.rejected - 20:,} more in {result.rejects_path}", highlight=False)
+    sys.exit(EXIT_REJECTS if result.rejected else EXIT_OK)
+
+
+@contextmanager
+def _nothing(settings: Settings) -> Iterator[Settings]:
+    yield settings
+
+
+# status ----------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (SPEC §9 shape).")
+def status(campaign_id: str, as_json: bool) -> None:
+    """Counts of deliveries by state and channel."""
+    from .ledger import Ledger
+    from .status import campaign_status
+
+    settings = settings_or_exit()
+    ledger = Ledger(settings.ledger_url)
+    if ledger.campaign(campaign_id) is None:
+        fail(f"no campaign '{campaign_id}' in the ledger", EXIT_FAIL)
+    data = campaign_status(ledger, campaign_id)
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False))
+        return
+    out.print(status_table(data))
+
+
+def status_table(data: dict[str, Any]) -> Table:
+    table = Table(title=f"campaign {data['campaign']} — {data['total']:,} deliveries")
+    table.add_column("state")
+    channels = list(data["by_channel"])
+    for channel in channels:
+        table.add_column(channel, justify="right")
+    table.add_column("total", justify="right")
+    for state, n in sorted(data["by_status"].items()):
+        table.add_row(state, *(f"{data['by_channel'][c].get(state, 0):,}" for c in channels), f"{n:,}")
+    return table
+
+
+# worker and sweep ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--threads", "-t", default=8, show_default=True, type=click.IntRange(1, 256))
+def worker(processes: int, threads: int) -> None:
+    """Run Dramatiq workers that send deliveries (restarted if a process dies)."""
+    from .worker import run_workers
+
+    settings = settings_or_exit()
+    with redis_available(settings) as live:
+        sys.exit(run_workers(live, processes=processes, threads=threads))
+
+
+@cli.command()
+def sweep() -> None:
+    """Re-enqueue every queued/retrying delivery whose time has come; mark dead sends unknown."""
+    from .sweep import sweep as run_sweep
+
+    settings = settings_or_exit()
+    with redis_available(settings) as live:
+        rt = install_runtime(live)
+        from .actors import dispatch_ids
+
+        result = run_sweep(rt, dispatch_ids, everything=True)
+    out.print(f"re-enqueued {result.redispatched:,}; marked unknown {result.unknown:,}")
+
+
+# demo ------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--size", default=300, show_default=True, type=click.IntRange(10, 100_000),
+              help="Number of generated recipients.")
+@click.option("--dir", "directory", default=Path("var/demo"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where the demo writes everything.")
+def demo(size: int, directory: Path) -> None:
+    """A full sample campaign on embedded defaults (no Redis, no AWS): prints where to look; exits."""
+    from .demo import run_demo
+
+    settings = settings_or_exit(log_level="WARNING")
+    sys.exit(run_demo(settings, size=size, directory=directory, console=out))
+
+
+if __name__ == "__main__":
+    main()

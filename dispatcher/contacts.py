@@ -1,0 +1,127 @@
+"""Validation and normalisation of one recipient's fields (SPEC §5).
+
+Each checker returns the normalised value or raises :class:`FieldError`, whose message names the field
+and never repeats a full contact or URL.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from urllib.parse import urlsplit
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+from .privacy import mask_url
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+_LOCAL_CHARS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+#: Flag carried on legacy Japanese carrier addresses that break RFC 5322 but are real.
+LEGACY_LOCAL_PART = "legacy-local-part"
+
+
+def check_email(raw: str) -> tuple[str, str | None]:
+    """Return ``(address, flag)``. Tolerates ``a..b.@docomo.ne.jp``-style legacy local parts."""
+    value = unicodedata.normalize("NFKC", raw).strip()
+    if not value.isascii():
+        raise FieldError("email", "contains non-ASCII characters (SES accepts 7-bit addresses only)")
+    local, sep, domain = value.rpartition("@")
+    if not sep or not local or not domain:
+        raise FieldError("email", "is not an e-mail address (no local part or domain)")
+    if len(local) > 64 or len(value) > 254:
+        raise FieldError("email", "is too long")
+    if not _LOCAL_CHARS.match(local):
+        raise FieldError("email", "local part has characters that are not allowed")
+    labels = domain.lower().split(".")
+    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels) or not labels[-1].isalpha():
+        raise FieldError("email", f"domain '{domain}' is not a valid host name")
+    flag = None
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        flag = LEGACY_LOCAL_PART
+    return f"{local}@{domain.lower()}", flag
+
+
+_MOBILE_PREFIXES = ("70", "80", "90")
+
+
+def check_phone(raw: str) -> str:
+    """Return the E.164 form of an SMS-capable Japanese mobile number (070/080/090)."""
+    value = unicodedata.normalize("NFKC", raw).strip()
+    value = value.replace("ー", "-").replace("−", "-")
+    try:
+        number = phonenumbers.parse(value, "JP")
+    except phonenumbers.NumberParseException:
+        raise FieldError("phone", "is not a phone number") from None
+    if not phonenumbers.is_valid_number(number):
+        raise FieldError("phone", "is not a valid phone number")
+    if number.country_code != 81:
+        raise FieldError("phone", "is not a Japanese number (only Japanese mobiles are supported)")
+    national = str(number.national_number)
+    kind = phonenumbers.number_type(number)
+    if kind != PhoneNumberType.MOBILE or not national.startswith(_MOBILE_PREFIXES):
+        label = {
+            PhoneNumberType.FIXED_LINE: "a landline",
+            PhoneNumberType.TOLL_FREE: "a toll-free number",
+            PhoneNumberType.VOIP: "an IP phone (050)",
+            PhoneNumberType.PAGER: "a pager number (020)",
+        }.get(kind, "not a 070/080/090 mobile")
+        raise FieldError("phone", f"is {label}, cannot receive SMS")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_receipt_url(raw: str, allowed_hosts: frozenset[str]) -> str:
+    value = raw.strip()
+    if not value:
+        raise FieldError("receipt_url", "is empty")
+    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value) or not value.isascii():
+        raise FieldError("receipt_url", "contains spaces, control or non-ASCII characters")
+    if len(value) > 2048:
+        raise FieldError("receipt_url", "is longer than 2048 characters")
+    try:
+        parts = urlsplit(value)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise FieldError("receipt_url", "is not a valid URL") from None
+    if parts.scheme.lower() != "https":
+        raise FieldError("receipt_url", f"must use https ({mask_url(value)})")
+    if parts.username or parts.password:
+        raise FieldError("receipt_url", "must not carry a user name or password")
+    if host not in allowed_hosts:
+        raise FieldError("receipt_url", f"host '{host}' is not in the campaign's receipt_hosts")
+    if parts.path in ("", "/") and not parts.query:
+        raise FieldError("receipt_url", "has no personal path or query (same URL for everyone?)")
+    return value
+
+
+def check_amount(raw: str) -> int:
+    value = unicodedata.normalize("NFKC", raw).strip().replace(",", "").removesuffix("円")
+    if not re.fullmatch(r"\d{1,9}", value):
+        raise FieldError("amount", "must be a whole, non-negative number of yen")
+    return int(value)
+
+
+def check_category(raw: str) -> str:
+    value = unicodedata.normalize("NFKC", raw).strip().upper()
+    if value not in ("A", "B"):
+        raise FieldError("category", "must be A or B")
+    return value
+
+
+def check_user_id(raw: str) -> str:
+    value = unicodedata.normalize("NFKC", raw).strip()
+    if not value:
+        raise FieldError("user_id", "is empty")
+    if len(value) > 128:
+        raise FieldError("user_id", "is longer than 128 characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+        raise FieldError("user_id", "contains control characters")
+    return value

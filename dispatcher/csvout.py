@@ -1,0 +1,40 @@
+"""Every CSV the program writes: UTF-8 with a BOM (Excel opens it right), formula cells neutralised."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: Any) -> str:
+    """Prefix a quote to a cell a spreadsheet would run as a formula (``=cmd|...``)."""
+    text = "" if value is None else str(value)
+    text = text.encode("utf-8", "replace").decode("utf-8")  # undecodable input bytes become U+FFFD
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+class SafeCsvWriter:
+    def __init__(self, path: Path, header: Sequence[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] = path.open("w", encoding="utf-8-sig", newline="", errors="replace")
+        self._writer = csv.writer(self._fh, quoting=csv.QUOTE_MINIMAL)
+        self.header = list(header)
+        self._writer.writerow([neutralise(h) for h in self.header])
+        self.rows = 0
+
+    def write(self, values: Iterable[Any]) -> None:
+        self._writer.writerow([neutralise(v) for v in values])
+        self.rows += 1
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> SafeCsvWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

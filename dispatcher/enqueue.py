@@ -1,0 +1,207 @@
+"""Loading an eligible-user list into a campaign (SPEC §3 step 1), for the CLI and for scripts.
+
+Per campaign: load the definition and templates once, check that they render. Per row: validate,
+normalise, measure the SMS; accepted rows go to the ledger in batches (idempotent per campaign +
+user_id) and only the newly inserted ones are handed to the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import sms
+from .campaign import Campaign, load_campaign
+from .contacts import FieldError
+from .csvout import SafeCsvWriter
+from .errors import ConfigError
+from .ledger import Ledger
+from .recipients import Accepted, RecipientFile, Rejected, rows_from_dicts, validate_row
+from .render import Renderer, load_template_sources
+from .settings import Settings, load_settings
+from .states import Channel
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000
+#: Keep at most this many rejects in the returned result (all of them always go to the rejects file).
+REJECTS_IN_RESULT = 100_000
+
+
+@dataclass
+class EnqueueResult:
+    campaign_id: str
+    rows: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    already_present: int = 0
+    flagged: int = 0
+    by_channel: dict[str, int] = field(default_factory=lambda: {"email": 0, "sms": 0})
+    sms_parts: int = 0
+    rejects: list[Rejected] = field(default_factory=list)
+    rejects_path: Path | None = None
+    encoding: str | None = None
+    dry_run: bool = False
+
+    @property
+    def new(self) -> int:
+        return self.accepted - self.already_present
+
+
+Dispatch = Callable[[list[int]], None]
+Progress = Callable[[int], None]
+
+
+def default_rejects_path(recipients: Path) -> Path:
+    return recipients.with_name(recipients.stem + ".rejects.csv")
+
+
+class _Checker:
+    """Validates rows for one campaign, including what the templates make of them."""
+
+    def __init__(self, campaign: Campaign, renderer: Renderer) -> None:
+        self.campaign = campaign
+        self.renderer = renderer
+        self.seen: dict[int, int] = {}  # hash(user_id) -> first row: duplicates within this file
+        self._email_checked = False
+
+    def check(self, row: int, values: dict[str, str]) -> tuple[Accepted, int]:
+        accepted = validate_row(row, values, self.campaign)
+        first = self.seen.get(hash(accepted.user_id))
+        if first is not None:
+            raise FieldError("user_id", f"duplicate of row {first}")
+        parts = 0
+        if accepted.channel is Channel.SMS:
+            text = self.renderer.sms(accepted.fields, accepted.receipt_url)
+            units = sms.length(text)
+            if units > self.campaign.sms_max_chars:
+                raise FieldError("sms", f"rendered message is {units} characters, the campaign allows "
+                                        f"{self.campaign.sms_max_chars}")
+            parts = sms.parts(text)
+        elif not self._email_checked:
+            # Every row has the same columns, so one render proves the e-mail templates for all.
+            self.renderer.email(accepted.fields, accepted.receipt_url)
+            self._email_checked = True
+        self.seen[hash(accepted.user_id)] = row
+        return accepted, parts
+
+
+def _ledger_row(a: Accepted, parts: int) -> dict[str, Any]:
+    return {
+        "user_id": a.user_id, "row_no": a.row, "channel": a.channel.value, "contact": a.contact,
+        "email": a.email, "phone": a.phone, "flags": ",".join(a.flags), "receipt_url": a.receipt_url,
+        "fields": a.fields, "sms_parts": parts or None,
+    }
+
+
+def enqueue_campaign(
+    campaign: str | Path | Campaign,
+    recipients: str | Path | Iterable[dict[str, Any]],
+    *,
+    rejects_path: str | Path | None = None,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+    ledger: Ledger | None = None,
+    dispatch: Dispatch | None = None,
+    progress: Progress | None = None,
+) -> EnqueueResult:
+    """Validate a recipient list and add its new people to the campaign.
+
+    ``recipients`` is a CSV path or an iterable of row dicts (same columns as the CSV). Returns the counts
+    and the rejects; raises :class:`ConfigError` / :class:`InputError` when nothing can be done at all.
+    ``dispatch`` receives the ids of newly inserted deliveries (default: the Dramatiq actor).
+    """
+    settings = settings or load_settings()
+    if not isinstance(campaign, Campaign):
+        campaign = load_campaign(campaign)
+    templates = load_template_sources(campaign)
+    renderer = Renderer(campaign, templates, settings.email_sender)
+    checker = _Checker(campaign, renderer)
+    result = EnqueueResult(campaign.id, dry_run=dry_run)
+
+    source: RecipientFile | None = None
+    records: Iterator[tuple[int, dict[str, str] | None, str | None]]
+    header: list[str]
+    if isinstance(recipients, str | Path):
+        source = RecipientFile(Path(recipients))
+        records = source.records()
+        rejects_file = Path(rejects_path) if rejects_path else default_rejects_path(Path(recipients))
+    else:
+        records = rows_from_dicts(recipients)
+        rejects_file = Path(rejects_path) if rejects_path else None
+
+    own_ledger = ledger is None and not dry_run
+    if not dry_run:
+        ledger = ledger or Ledger(settings.ledger_url)
+        existing = ledger.campaign(campaign.id, fresh=True)
+        if existing is not None and existing.state == "cancelled":
+            raise ConfigError(f"campaign '{campaign.id}' is cancelled; nothing can be added to it")
+        ledger.save_campaign(campaign, templates)
+        if dispatch is None:
+            from .actors import dispatch_ids
+
+            dispatch = dispatch_ids
+
+    writer: SafeCsvWriter | None = None
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not batch or dry_run:
+            batch.clear()
+            return
+        assert ledger is not None
+        new_ids = ledger.add_deliveries(campaign.id, batch)
+        result.already_present += len(batch) - len(new_ids)
+        if new_ids and dispatch is not None:
+            dispatch(new_ids)
+        batch.clear()
+
+    try:
+        for row, values, problem in records:
+            result.rows += 1
+            if source is not None and writer is None and rejects_file is not None:
+                header = source.header
+                writer = SafeCsvWriter(rejects_file, [*header, "row", "reason"])
+            elif writer is None and rejects_file is not None and values is not None:
+                header = list(values)
+                writer = SafeCsvWriter(rejects_file, [*header, "row", "reason"])
+            if problem is None and values is not None:
+                try:
+                    accepted, parts = checker.check(row, values)
+                except FieldError as exc:
+                    problem = str(exc)
+                else:
+                    result.accepted += 1
+                    result.by_channel[accepted.channel.value] += 1
+                    result.sms_parts += parts
+                    result.flagged += bool(accepted.flags)
+                    batch.append(_ledger_row(accepted, parts))
+                    if len(batch) >= BATCH:
+                        flush()
+            if problem is not None:
+                result.rejected += 1
+                original = values or {}
+                if len(result.rejects) < REJECTS_IN_RESULT:
+                    result.rejects.append(Rejected(row, problem, original))
+                if writer is not None:
+                    writer.write([*(original.get(h, "") for h in writer.header[:-2]), row, problem])
+            if progress is not None and source is not None and result.rows % 1000 == 0:
+                progress(source.bytes_read)
+        flush()
+    finally:
+        if writer is None and rejects_file is not None and source is not None and source.header:
+            writer = SafeCsvWriter(rejects_file, [*source.header, "row", "reason"])
+        if writer is not None:
+            writer.close()
+        if own_ledger and ledger is not None:
+            ledger.dispose()
+    if progress is not None and source is not None:
+        progress(source.size)
+    result.rejects_path = rejects_file if writer is not None else None
+    result.encoding = source.encoding if source else None
+    log.info("campaign %s: %d rows, %d accepted (%d new), %d rejected", campaign.id, result.rows,
+             result.accepted, result.new, result.rejected)
+    return result

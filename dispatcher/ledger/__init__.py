@@ -1,0 +1,4 @@
+from .schema import metadata
+from .store import Delivery, Ledger
+
+__all__ = ["Delivery", "Ledger", "metadata"]

@@ -1,0 +1,134 @@
+"""Ledger tables (SQLAlchemy Core). The ledger is the source of truth; the broker only carries work."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: the same on SQLite and PostgreSQL."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    #: The campaign file as loaded, JSON, so any host can work without the file.
+    Column("definition", JSON, nullable=False),
+    #: Template sources snapshotted at enqueue time.
+    Column("templates", JSON, nullable=False),
+    #: active | paused | cancelled
+    Column("state", String(16), nullable=False, default="active"),
+    Column("state_reason", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("row_no", Integer, nullable=False),
+    Column("channel", String(8), nullable=False),
+    #: The address or E.164 number this delivery goes to (personal data: never logged in full).
+    Column("contact", String(320), nullable=False),
+    Column("email", String(320)),
+    Column("phone", String(20)),
+    Column("flags", String(200), nullable=False, default=""),
+    #: Bearer credential: only ever rendered into the message itself.
+    Column("receipt_url", Text, nullable=False),
+    Column("fields", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("not_before", UTCDateTime),
+    #: When a broker message was last sent for it; the sweep re-sends only what looks lost.
+    Column("dispatched_at", UTCDateTime),
+    Column("provider", String(32)),
+    Column("provider_message_id", String(200)),
+    Column("provider_code", String(100)),
+    Column("reason", Text),
+    Column("sms_parts", Integer),
+    Column("first_sent_at", UTCDateTime),
+    Column("last_event_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("campaign_id", "user_id", name="uq_delivery_campaign_user"),
+    Index("ix_deliveries_campaign_status", "campaign_id", "status", "channel"),
+    Index("ix_deliveries_status_not_before", "status", "not_before"),
+    Index("ix_deliveries_provider_message", "provider_message_id"),
+)
+
+#: Append-only audit trail: every state change with time, attempt and provider code.
+transitions = Table(
+    "transitions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, nullable=False),
+    Column("campaign_id", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("from_status", String(16)),
+    Column("to_status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("provider_code", String(100)),
+    Column("detail", Text),
+    #: Who moved it: worker, sweep, event:<type>, operator:<name>.
+    Column("actor", String(100), nullable=False),
+    Index("ix_transitions_delivery", "delivery_id", "id"),
+    Index("ix_transitions_campaign_at", "campaign_id", "at"),
+)
+
+#: Contacts never to be sent to again, by any campaign (hard bounce, complaint, opt-out).
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("contact", String(320), primary_key=True),
+    Column("channel", String(8), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+SCHEMA_VERSION = 1

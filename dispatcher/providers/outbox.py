@@ -1,0 +1,74 @@
+"""``outbox``: messages written to files instead of sent. The embedded default and a dry-run aid.
+
+E-mails: one ``.eml`` per message under ``email/``; SMS: JSON lines in ``sms.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+from .. import clock
+from ..errors import PermanentError
+from ..states import Channel
+from .base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult, register
+
+_lock = threading.Lock()
+
+
+def _safe(reference: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in reference)
+
+
+@register
+class EmailOutbox(Provider):
+    name = "outbox"
+    channel = Channel.EMAIL
+
+    def _send(self, outgoing: Outgoing) -> SendResult:
+        if not isinstance(outgoing, OutgoingEmail):
+            raise PermanentError("outbox: not an e-mail", code="WrongChannel")
+        folder = Path(self.settings.outbox_path) / "email" / _safe(outgoing.campaign_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        message_id = f"outbox-{uuid.uuid4()}"
+        final = folder / f"{_safe(outgoing.reference)}.eml"
+        tmp = folder / f".{message_id}.tmp"
+        tmp.write_bytes(outgoing.message.as_bytes())
+        os.replace(tmp, final)
+        return SendResult(self.name, message_id)
+
+
+@register
+class SmsOutbox(Provider):
+    name = "outbox"
+    channel = Channel.SMS
+
+    def _send(self, outgoing: Outgoing) -> SendResult:
+        if not isinstance(outgoing, OutgoingSms):
+            raise PermanentError("outbox: not an SMS", code="WrongChannel")
+        folder = Path(self.settings.outbox_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        message_id = f"outbox-{uuid.uuid4()}"
+        line = json.dumps({
+            "message_id": message_id,
+            "reference": outgoing.reference,
+            "campaign": outgoing.campaign_id,
+            "to": outgoing.to,
+            "from": self.settings.sms_sender,
+            "text": outgoing.text,
+            "parts": outgoing.parts,
+            "expires_at": outgoing.expires_at.isoformat(),
+            "at": clock.now().isoformat(),
+        }, ensure_ascii=False) + "\n"
+        data = line.encode("utf-8")
+        with _lock:
+            # One write() on an O_APPEND descriptor: lines from several processes never interleave.
+            fd = os.open(folder / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        return SendResult(self.name, message_id)

@@ -1,0 +1,158 @@
+"""Deployment settings: one frozen object from ``config/dispatcher.toml`` plus ``DISPATCHER_*`` variables.
+
+The environment wins over the file. A wrong value is a :class:`ConfigError` naming the variable and the
+file key. AWS credentials, region and endpoint are not ours: boto3's own chain reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+ENV_PREFIX = "DISPATCHER_"
+DEFAULT_CONFIG_FILE = Path("config/dispatcher.toml")
+
+
+def config_file() -> Path | None:
+    explicit = os.environ.get(ENV_PREFIX + "CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"DISPATCHER_CONFIG: no such file: {path}")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_ignore_empty=True
+    )
+
+    #: Where the ledger, outbox and embedded Redis live unless told otherwise.
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    #: Broker and rate limits. Unset: the program starts a private Redis of its own.
+    redis_url: str | None = None
+
+    email_provider: Literal["ses", "smtp", "outbox"] = "outbox"
+    sms_provider: Literal["sns", "sms-voice-v2", "http", "outbox"] = "outbox"
+    outbox_dir: Path | None = None
+
+    #: Messages (SMS: message parts) per second, across every worker on every host. None = no cap.
+    email_rate: float | None = Field(default=None, gt=0)
+    sms_rate: float | None = Field(default=None, gt=0)
+    #: Sends per rolling 24 hours (SES quota). None = no quota.
+    email_daily_quota: int | None = Field(default=None, gt=0)
+    sms_daily_quota: int | None = Field(default=None, gt=0)
+    #: Per recipient-domain caps (messages/second) for carriers that throttle bursts.
+    domain_rates: dict[str, float] = Field(
+        default_factory=lambda: {
+            "docomo.ne.jp": 20.0,
+            "ezweb.ne.jp": 20.0,
+            "au.com": 20.0,
+            "softbank.ne.jp": 20.0,
+            "i.softbank.jp": 20.0,
+            "ymobile.ne.jp": 10.0,
+            "disney.ne.jp": 5.0,
+        }
+    )
+
+    email_sender: str = "regionpay_compensation_ml@giftpad.jp"
+    email_sender_name: str = "地域クーポン regionPAY 補償事務局"
+    #: The number announced to recipients; a domestic gateway shows it, AWS routes to Japan cannot.
+    sms_sender: str = "03-5244-9370"
+    #: AWS routes only: alphanumeric sender ID (3-11 chars) and/or origination number.
+    sms_sender_id: str | None = None
+    sms_origination_number: str | None = None
+    sms_max_price: str | None = None
+
+    ses_configuration_set: str | None = None
+    sms_configuration_set: str | None = None
+
+    smtp_url: str | None = None
+    sms_gateway_url: str | None = None
+    sms_gateway_token: str | None = None
+    sms_gateway_secret: str | None = None
+    feedback_queue_url: str | None = None
+    dashboard_token: str | None = None
+
+    #: Retries of transient failures, with exponential backoff and jitter, never past send_by.
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_max_seconds: float = Field(default=1800.0, gt=0)
+    #: A delivery left in "sending" this long by a dead worker becomes "unknown".
+    stale_sending_seconds: float = Field(default=120.0, gt=0)
+    #: Circuit breaker: pause a campaign past this failure share, once this many attempts were made.
+    breaker_threshold: float = Field(default=0.05, gt=0, le=1)
+    breaker_min_attempts: int = Field(default=100, ge=1)
+    #: Provider call timeouts (seconds); below stale_sending_seconds on purpose.
+    provider_connect_timeout: float = Field(default=10.0, gt=0)
+    provider_read_timeout: float = Field(default=30.0, gt=0)
+
+    log_level: str = "INFO"
+    #: Rehearsals and tests only: the clock starts at this instant.
+    clock_start: datetime | None = None
+
+    @field_validator("email_sender")
+    @classmethod
+    def _ascii_address(cls, value: str) -> str:
+        if not value.isascii() or "@" not in value:
+            raise ValueError("must be a 7-bit ASCII e-mail address")
+        return value
+
+    @field_validator("clock_start")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2023-04-05T10:00:00+09:00")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # Derived paths -----------------------------------------------------------------------------
+    @property
+    def ledger_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'dispatcher.db').resolve()}"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox_dir if self.outbox_dir is not None else self.data_dir / "outbox"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into one message that names every culprit."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{key.upper()} (config key '{key}'): {err['msg']}")
+        raise ConfigError("bad setting: " + "; ".join(problems)) from None

@@ -1,0 +1,81 @@
+"""``dispatcher worker``: Dramatiq's worker pool, supervised, plus the periodic ledger sweep.
+
+Dramatiq stops its whole pool when one worker process dies; we start it again. Messages the dead
+process held come back through Dramatiq's maintenance, and the ledger's atomic claim makes sure a
+redelivered message never sends twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import redis
+
+from . import broker as _broker
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY = 30.0
+RESTART_BACKOFF_MAX = 30.0
+
+
+def _sweeper(settings: Settings, stop: threading.Event) -> None:
+    from .actors import dispatch_ids
+    from .runtime import Runtime
+    from .sweep import sweep
+
+    rt = Runtime(settings)
+    client = redis.Redis.from_url(settings.redis_url or "")
+    broker = _broker.installed() or _broker.install(settings.redis_url or "")
+    while not stop.wait(SWEEP_EVERY):
+        try:
+            # One sweeper at a time across every host.
+            if not client.set(_broker.keys.sweep_lock(), os.getpid(), nx=True, ex=int(SWEEP_EVERY) - 5):
+                continue
+            sweep(rt, dispatch_ids, everything=False, queue_empty=_broker.queue_depth(broker) == 0)
+        except Exception:
+            log.exception("periodic sweep failed; will try again")
+    rt.close()
+
+
+def run_workers(settings: Settings, *, processes: int, threads: int) -> int:
+    env = dict(os.environ)
+    env["DISPATCHER_REDIS_URL"] = settings.redis_url or ""
+    env.setdefault("dramatiq_queue_prefetch", str(max(2, threads * 4)))
+    command = [sys.executable, "-m", "dramatiq", "dispatcher.actors", "--processes", str(processes),
+               "--threads", str(threads), "--queues", _broker.QUEUE, "--worker-shutdown-timeout", "60000"]
+    stop = threading.Event()
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sweeper = threading.Thread(target=_sweeper, args=(settings, stop), name="sweeper", daemon=True)
+    sweeper.start()
+    backoff = 1.0
+    code = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        child = subprocess.Popen(command, env=env)
+        code = child.wait()
+        if stop.is_set():
+            break
+        if time.monotonic() - started > 60:
+            backoff = 1.0
+        log.error("worker pool exited with code %s; restarting in %.0fs", code, backoff)
+        if stop.wait(backoff):
+            break
+        backoff = min(RESTART_BACKOFF_MAX, backoff * 2)
+    stop.set()
+    return 0 if code in (0, -signal.SIGTERM) else code
