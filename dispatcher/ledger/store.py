@@ -368,9 +368,9 @@ class Ledger:
     def suppress(self, contact: str, channel: Channel, reason: str, source: str) -> bool:
         stmt = self._insert(suppressions).values(
             contact=contact, channel=channel.value, reason=reason, source=source, created_at=clock.now()
-        ).on_conflict_do_nothing(index_elements=[suppressions.c.contact])
+        ).on_conflict_do_nothing(index_elements=[suppressions.c.contact]).returning(suppressions.c.contact)
         with self.write() as conn:
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(stmt).first() is not None
 
     # Small updates that are not state changes -------------------------------------------------
     def defer(self, delivery_id: int, not_before: datetime) -> bool:

@@ -1,0 +1,134 @@
+"""Ledger behaviour on SQLite and PostgreSQL: idempotent inserts, the state table, the atomic claim."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from dispatcher import clock
+from dispatcher.campaign import load_campaign
+from dispatcher.errors import IllegalTransition
+from dispatcher.ledger import Ledger
+from dispatcher.render import load_template_sources
+from dispatcher.states import TRANSITIONS, Status
+
+from .helpers import write_campaign
+
+
+def make_row(i: int) -> dict:
+    return {"user_id": f"U{i}", "row_no": i + 1, "channel": "email", "contact": f"u{i}@example.jp",
+            "email": f"u{i}@example.jp", "phone": None, "flags": "", "receipt_url": f"https://receive.example.jp/r/{i}",
+            "fields": {"name": "名前"}, "sms_parts": None}
+
+
+@pytest.fixture
+def ledger(ledger_url: str, tmp_path) -> Ledger:
+    ledger = Ledger(ledger_url)
+    campaign = load_campaign(write_campaign(tmp_path))
+    ledger.save_campaign(campaign, load_template_sources(campaign))
+    yield ledger
+    ledger.dispose()
+
+
+def test_adding_the_same_people_twice_adds_nothing(ledger: Ledger) -> None:
+    first = ledger.add_deliveries("test-campaign", [make_row(i) for i in range(10)])
+    second = ledger.add_deliveries("test-campaign", [make_row(i) for i in range(5, 15)])
+    assert len(first) == 10
+    assert len(second) == 5  # U5..U9 were already there
+    counts = ledger.counts("test-campaign")
+    assert counts == {("email", "queued"): 15}
+
+
+def test_every_transition_is_logged_with_attempt(ledger: Ledger) -> None:
+    [d] = ledger.add_deliveries("test-campaign", [make_row(1)])
+    assert ledger.claim(d) is not None
+    ledger.move(d, Status.SENT, actor="worker", provider_code="ok", values={"provider_message_id": "m-1"})
+    history = ledger.history(d)
+    assert [(h["from_status"], h["to_status"], h["attempt"]) for h in history] == [
+        (None, "queued", 0), ("queued", "sending", 1), ("sending", "sent", 1)]
+    assert ledger.get(d).provider_message_id == "m-1"
+
+
+def test_a_regression_is_refused_not_applied(ledger: Ledger) -> None:
+    [d] = ledger.add_deliveries("test-campaign", [make_row(1)])
+    ledger.claim(d)
+    ledger.move(d, Status.SENT, actor="worker")
+    ledger.move(d, Status.DELIVERED, actor="event:Delivery")
+    # A late "sent" or "sending" cannot move a delivered message backwards.
+    assert ledger.move(d, Status.SENT, actor="worker") is None
+    assert ledger.claim(d) is None
+    assert ledger.get(d).status is Status.DELIVERED
+    # A complaint after delivery is real and allowed.
+    assert ledger.move(d, Status.COMPLAINED, actor="event:Complaint").status is Status.COMPLAINED
+
+
+def test_state_table_refuses_undeclared_moves() -> None:
+    from dispatcher.states import check
+
+    with pytest.raises(IllegalTransition):
+        check(Status.DELIVERED, Status.SENT)
+    with pytest.raises(IllegalTransition):
+        check(Status.QUEUED, Status.SENT)  # never sent without a claim
+    assert Status.SENDING in TRANSITIONS[Status.QUEUED]
+
+
+def test_claim_respects_not_before(ledger: Ledger) -> None:
+    [d] = ledger.add_deliveries("test-campaign", [make_row(1)])
+    later = clock.now() + timedelta(hours=1)
+    assert ledger.defer(d, later)
+    assert ledger.claim(d) is None
+    assert ledger.claim(d, now=later + timedelta(seconds=1)) is not None
+
+
+def test_racing_claims_have_exactly_one_winner(ledger: Ledger) -> None:
+    ids = ledger.add_deliveries("test-campaign", [make_row(i) for i in range(40)])
+    wins: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def racer() -> None:
+        barrier.wait()
+        for d in ids:
+            if ledger.claim(d) is not None:
+                with lock:
+                    wins.append(d)
+
+    threads = [threading.Thread(target=racer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == sorted(ids)  # each claimed once, none twice
+    assert all(ledger.get(d).attempts == 1 for d in ids)
+
+
+def test_due_skips_paused_campaigns_and_future_deliveries(ledger: Ledger) -> None:
+    ids = ledger.add_deliveries("test-campaign", [make_row(i) for i in range(3)])
+    ledger.defer(ids[0], clock.now() + timedelta(hours=2))
+    assert ledger.due(clock.now()) == ids[1:]
+    ledger.set_campaign_state("test-campaign", "paused", "operator")
+    assert ledger.due(clock.now()) == []
+
+
+def test_stale_sending_is_found(ledger: Ledger) -> None:
+    [d] = ledger.add_deliveries("test-campaign", [make_row(1)])
+    ledger.claim(d)
+    assert ledger.stale_sending(clock.now() + timedelta(minutes=3)) == [d]
+    assert ledger.stale_sending(clock.now() - timedelta(minutes=3)) == []
+
+
+def test_suppression_is_global(ledger: Ledger) -> None:
+    from dispatcher.states import Channel
+
+    assert ledger.suppress("u1@example.jp", Channel.EMAIL, "hard bounce", "test")
+    assert not ledger.suppress("u1@example.jp", Channel.EMAIL, "again", "test")
+    assert ledger.is_suppressed("u1@example.jp") == "hard bounce"
+    assert ledger.is_suppressed("u2@example.jp") is None
+
+
+def test_repr_never_shows_contact_or_url(ledger: Ledger) -> None:
+    [d] = ledger.add_deliveries("test-campaign", [make_row(7)])
+    text = repr(ledger.get(d))
+    assert "u7@" not in text and "receive.example.jp" not in text
