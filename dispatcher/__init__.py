@@ -11,7 +11,22 @@ __all__ = ["enqueue_campaign"]
 
 
 def enqueue_campaign(campaign: Any, recipients: Any, **options: Any) -> EnqueueResult:
-    """Validate a recipient list and add its new people to a campaign (see :mod:`dispatcher.enqueue`)."""
-    from .enqueue import enqueue_campaign as _enqueue
+    """Validate a recipient list and add its new people to a campaign (see :mod:`dispatcher.enqueue`).
 
-    return _enqueue(campaign, recipients, **options)
+    Without ``DISPATCHER_REDIS_URL`` the program's private Redis server keeps the work (append-only file)
+    until ``dispatcher worker`` starts it again.
+    """
+    from . import broker
+    from .enqueue import enqueue_campaign as _enqueue
+    from .redis_server import redis_available
+    from .settings import load_settings
+
+    if options.get("dry_run") or options.get("dispatch") or broker.installed() is not None:
+        return _enqueue(campaign, recipients, **options)
+    settings = options.pop("settings", None) or load_settings()
+    with redis_available(settings) as live:
+        broker.install(live.redis_url or "")
+        try:
+            return _enqueue(campaign, recipients, settings=live, **options)
+        finally:
+            broker.uninstall()

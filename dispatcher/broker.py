@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import dramatiq
 import dramatiq.common
 from dramatiq.brokers.redis import RedisBroker
@@ -10,7 +12,7 @@ QUEUE = "deliveries"
 NAMESPACE = "dispatcher"
 
 
-class keys:  # noqa: N801 - a namespace of constants
+class keys:
     """Every Redis key dispatcher itself uses (the broker's own keys live under ``dispatcher:``)."""
 
     prefix = "dispatcher:x"
@@ -43,7 +45,19 @@ def install(redis_url: str) -> RedisBroker:
     broker = build_broker(redis_url)
     dramatiq.set_broker(broker)
     _installed = broker
+    # Actors bind to a broker when declared; a later install (scripts, tests) re-binds ours.
+    actors = sys.modules.get("dispatcher.actors")
+    if actors is not None and hasattr(actors, "send_delivery"):
+        actors.send_delivery.broker = broker
+        broker.declare_actor(actors.send_delivery)
     return broker
+
+
+def uninstall() -> None:
+    global _installed
+    if _installed is not None:
+        _installed.close()
+    _installed = None
 
 
 def installed() -> RedisBroker | None:

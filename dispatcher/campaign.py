@@ -82,7 +82,7 @@ def _window(value: Any, where: str) -> SmsWindow:
             end = time.fromisoformat(end_s)
             end_minutes = end.hour * 60 + end.minute
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: 'sms_window' must be two \"HH:MM\" strings, e.g. [\"09:00\", \"20:00\"]")
+        raise ConfigError(f"{where}: 'sms_window' must be two \"HH:MM\" strings, e.g. [\"09:00\", \"20:00\"]") from None
     if end_minutes <= start.hour * 60 + start.minute:
         raise ConfigError(f"{where}: 'sms_window' must end after it starts")
     return SmsWindow(start, end_minutes)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from rich.table import Table
 from . import clock
 from .errors import ConfigError, DispatcherError, InputError
 from .privacy import install_log_redaction
+from .redis_server import redis_available
 from .settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
@@ -47,24 +47,6 @@ def settings_or_exit(**overrides: Any) -> Settings:
     if clock.is_shifted():
         log.warning("clock starts at %s (DISPATCHER_CLOCK_START): rehearsal mode", settings.clock_start)
     return settings
-
-
-@contextmanager
-def redis_available(settings: Settings, *, persistent: bool = True) -> Iterator[Settings]:
-    """Yield settings with a reachable Redis: the configured one, or a private server of our own."""
-    if settings.redis_url:
-        yield settings
-        return
-    from .redis_server import EmbeddedRedis
-
-    server = EmbeddedRedis(settings.data_dir / "redis", persistent=persistent)
-    url = server.start()
-    os.environ["DISPATCHER_REDIS_URL"] = url
-    try:
-        yield settings.model_copy(update={"redis_url": url})
-    finally:
-        os.environ.pop("DISPATCHER_REDIS_URL", None)
-        server.stop()
 
 
 def install_runtime(settings: Settings) -> Any:

@@ -103,7 +103,7 @@ def check_receipt_url(raw: str, allowed_hosts: frozenset[str]) -> str:
 
 
 def check_amount(raw: str) -> int:
-    value = unicodedata.normalize("NFKC", raw).strip().replace(",", "").removesuffix("円")
+    value = unicodedata.normalize("NFKC", raw).strip().replace(",", "").removesuffix("円").strip()
     if not re.fullmatch(r"\d{1,9}", value):
         raise FieldError("amount", "must be a whole, non-negative number of yen")
     return int(value)

@@ -80,8 +80,9 @@ def run_demo(settings: Settings, *, size: int, directory: Path, console: Console
     import dramatiq
 
     from . import broker, runtime
-    from .cli import redis_available, status_table
+    from .cli import status_table
     from .enqueue import enqueue_campaign
+    from .redis_server import redis_available
     from .status import campaign_status
 
     if directory.exists():

@@ -43,10 +43,13 @@ def mask_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}/…"
 
 
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+# No \b in these patterns: Japanese text often glues a URL or number to kana/kanji ("URLhttps://…",
+# "電話09012345678"), where \b finds no word boundary and the secret would pass unredacted. A phone
+# number only must not start or end inside a longer run of digits.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 # International numbers and Japanese mobile numbers in any usual writing.
-_PHONE = re.compile(r"\+\d[\d -]{8,16}\d|\b0[789]0[- ]?\d{4}[- ]?\d{4}\b")
+_PHONE = re.compile(r"\+\d{1,3}(?:[ -]\d{1,4}){2,3}(?!\d)|\+\d{9,15}|(?<!\d)0[789]0[- ]?\d{4}[- ]?\d{4}(?!\d)")
 
 
 def redact(text: str) -> str:

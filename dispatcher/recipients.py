@@ -57,7 +57,8 @@ class Accepted:
 class Rejected:
     row: int
     reason: str
-    original: dict[str, str]
+    #: The row as read (it may hold a receipt URL: kept out of repr, hence out of logs and tracebacks).
+    original: dict[str, str] = field(repr=False)
 
 
 def detect_encoding(head: bytes) -> str:

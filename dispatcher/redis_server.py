@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +107,19 @@ class EmbeddedRedis:
             self.process.wait()
         (self.directory / "redis.port").unlink(missing_ok=True)
         self.process = None
+
+
+@contextmanager
+def redis_available(settings: Settings, *, persistent: bool = True) -> Iterator[Settings]:
+    """Yield settings with a reachable Redis: the configured one, or a private server of our own."""
+    if settings.redis_url:
+        yield settings
+        return
+    server = EmbeddedRedis(settings.data_dir / "redis", persistent=persistent)
+    url = server.start()
+    os.environ["DISPATCHER_REDIS_URL"] = url
+    try:
+        yield settings.model_copy(update={"redis_url": url})
+    finally:
+        os.environ.pop("DISPATCHER_REDIS_URL", None)
+        server.stop()

@@ -7,6 +7,7 @@ file key. AWS credentials, region and endpoint are not ours: boto3's own chain r
 from __future__ import annotations
 
 import os
+import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -150,6 +152,10 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning validation errors into one message that names every culprit."""
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_file()}: not valid TOML: {exc}") from None
+    except SettingsError as exc:  # e.g. DISPATCHER_DOMAIN_RATES that is not JSON
+        raise ConfigError(f"bad setting: {exc}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -58,9 +58,9 @@ def postgres_service() -> Iterator[str]:
 
 @pytest.fixture
 def postgres_url(postgres_service: str) -> str:
-    from dispatcher.ledger import metadata
-
     import sqlalchemy
+
+    from dispatcher.ledger import metadata
 
     engine = sqlalchemy.create_engine(postgres_service)
     metadata.drop_all(engine)
