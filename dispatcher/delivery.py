@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from . import clock, sms
 from .errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled
-from .ledger.store import Delivery
+from .ledger.store import CampaignRecord, Delivery
 from .mime import build_message
 from .privacy import mask_contact
 from .providers.base import Outgoing, OutgoingEmail, OutgoingSms
@@ -62,9 +62,9 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
     if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
         return Outcome(delivery.status, again_at=delivery.not_before)
     if delivery.channel is Channel.SMS and not campaign.sms_window.contains(now):
-        opening = campaign.sms_window.next_opening(now)
+        low, high = rt.settings.sms_window_spread
         # Spread the start over the first minutes rather than a burst exactly on the hour.
-        opening += timedelta(seconds=random.uniform(60, 600))
+        opening = campaign.sms_window.next_opening(now) + timedelta(seconds=random.uniform(low, high))
         if opening >= campaign.send_by:
             ledger.move(delivery_id, Status.EXPIRED, actor="worker", detail="no SMS window left before send_by")
             return Outcome(Status.EXPIRED)
@@ -75,28 +75,30 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
         ledger.move(delivery_id, Status.SUPPRESSED, actor="worker", detail=f"suppression list: {reason}")
         return Outcome(Status.SUPPRESSED)
 
-    try:
-        outgoing = build_outgoing(rt, delivery, record)
-    except ConfigError as exc:
-        claimed = ledger.claim(delivery_id)
-        if claimed is not None:
-            ledger.move(delivery_id, Status.FAILED, actor="worker", detail=str(exc), provider_code="render")
-        return Outcome(Status.FAILED)
-
-    rt.limits.acquire(delivery.channel, delivery.contact, cost=getattr(outgoing, "parts", 1))
-
     claimed = ledger.claim(delivery_id, now=clock.now())
     if claimed is None:
         return Outcome(None)  # another worker has it
+    try:
+        outgoing = build_outgoing(rt, claimed, record)
+    except ConfigError as exc:
+        ledger.move(delivery_id, Status.FAILED, actor="worker", detail=str(exc), provider_code="render",
+                    values={"reason": str(exc)})
+        return Outcome(Status.FAILED)
+    # Take the rate slot last, right before the provider call, so slot time and send time stay close.
+    wait = rt.limits.acquire(claimed.channel, claimed.contact, cost=getattr(outgoing, "parts", 1))
+    if wait > 0:
+        again = clock.now() + timedelta(seconds=wait)
+        ledger.move(delivery_id, Status.RETRYING, actor="worker", expect=[Status.SENDING],
+                    detail=f"quota or rate limit: not attempted, next slot in {wait:.0f}s",
+                    values={"attempts": claimed.attempts - 1, "not_before": again})
+        return Outcome(Status.RETRYING, again_at=again)
     return send_claimed(rt, claimed, outgoing, campaign.send_by)
 
 
-def build_outgoing(rt: Runtime, delivery: Delivery, record: object) -> Outgoing:
-    from .ledger.store import CampaignRecord
-
-    assert isinstance(record, CampaignRecord)
+def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> Outgoing:
+    """The message for a claimed delivery; its reference names the delivery and this attempt."""
     renderer = rt.renderer(record)
-    reference = f"{delivery.id}.{delivery.attempts + 1}"
+    reference = f"{delivery.id}.{delivery.attempts}"
     if delivery.channel is Channel.EMAIL:
         email = renderer.email(delivery.fields, delivery.receipt_url)
         message = build_message(
@@ -104,7 +106,7 @@ def build_outgoing(rt: Runtime, delivery: Delivery, record: object) -> Outgoing:
             sender_name=rt.settings.email_sender_name, delivery_ref=reference, sent_at=clock.now(),
         )
         return OutgoingEmail(reference, delivery.campaign_id, delivery.contact, message)
-    text = rt.renderer(record).sms(delivery.fields, delivery.receipt_url)
+    text = renderer.sms(delivery.fields, delivery.receipt_url)
     return OutgoingSms(reference, delivery.campaign_id, delivery.contact, text, sms.parts(text),
                        expires_at=record.campaign.deadline)
 

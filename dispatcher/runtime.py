@@ -7,6 +7,8 @@ import json
 import threading
 from functools import cached_property
 
+import redis
+
 from . import clock, providers
 from .ledger import Ledger
 from .ledger.store import CampaignRecord
@@ -24,12 +26,19 @@ class Runtime:
         self._lock = threading.Lock()
         self._providers: dict[Channel, Provider] = {}
         self._renderers: dict[tuple[str, str], Renderer] = {}
-        self.limits = Limits()
-        self.breaker = Breaker()
+        self.redis = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self.limits = Limits(settings, self.redis)
+        self.breaker = Breaker(settings, self.redis, self._pause)
 
     @cached_property
     def ledger(self) -> Ledger:
         return Ledger(self.settings.ledger_url)
+
+    def _pause(self, campaign_id: str, reason: str) -> bool:
+        record = self.ledger.campaign(campaign_id, fresh=True)
+        if record is None or record.state != "active":
+            return False
+        return self.ledger.set_campaign_state(campaign_id, "paused", reason)
 
     def provider(self, channel: Channel) -> Provider:
         with self._lock:

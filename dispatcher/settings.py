@@ -71,6 +71,15 @@ class Settings(BaseSettings):
         }
     )
 
+    #: Extra length of the sliding window (seconds) covering the gap between slot and provider.
+    rate_window_margin: float = Field(default=0.02, ge=0, le=1)
+    #: Longer waits for a slot (daily quota) hand the delivery back to the ledger instead of blocking.
+    rate_max_wait_seconds: float = Field(default=20.0, gt=0)
+    #: SMS held for the send window start between these many seconds after it opens (no burst on the hour).
+    sms_window_spread: tuple[float, float] = (60.0, 600.0)
+    #: Price of one SMS part, for `check` and `plan` cost estimates (currency of your contract).
+    sms_price_per_part: float | None = Field(default=None, ge=0)
+
     email_sender: str = "regionpay_compensation_ml@giftpad.jp"
     email_sender_name: str = "地域クーポン regionPAY 補償事務局"
     #: The number announced to recipients; a domestic gateway shows it, AWS routes to Japan cannot.
