@@ -93,8 +93,11 @@ class Settings(BaseSettings):
     sms_configuration_set: str | None = None
 
     smtp_url: str | None = None
+    #: Messages sent over one SMTP session before reconnecting (docomo asks for at most 100).
+    smtp_messages_per_connection: int = Field(default=100, ge=1, le=1000)
     sms_gateway_url: str | None = None
     sms_gateway_token: str | None = None
+    #: Shared secret for the HMAC-SHA256 signature on the gateway's delivery receipts.
     sms_gateway_secret: str | None = None
     feedback_queue_url: str | None = None
     dashboard_token: str | None = None
