@@ -190,6 +190,113 @@ def sweep() -> None:
     out.print(f"re-enqueued {result.redispatched:,}; marked unknown {result.unknown:,}")
 
 
+# policy: plan and check -----------------------------------------------------------------------
+@cli.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--strict", is_flag=True, help="Exit 1 when the campaign cannot finish before send_by.")
+def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
+    """When will the rest of the campaign be sent, and is that before send_by?"""
+    from .ledger import Ledger
+    from .plan import make_plan
+
+    settings = settings_or_exit()
+    ledger = Ledger(settings.ledger_url)
+    record = ledger.campaign(campaign_id)
+    if record is None:
+        fail(f"no campaign '{campaign_id}' in the ledger", EXIT_FAIL)
+        return
+    result = make_plan(record.campaign, ledger.pending_work(campaign_id), settings, clock.now())
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+    else:
+        table = Table(title=f"plan for {campaign_id} (send_by {record.campaign.send_by.isoformat()})")
+        for column in ("channel", "remaining", "units", "rate/s", "quota/day", "finish", "note"):
+            table.add_column(column)
+        for c in result.channels:
+            table.add_row(c.channel, f"{c.remaining:,}", f"{c.units:,}", "—" if c.rate is None else f"{c.rate:g}",
+                          "—" if c.daily_quota is None else f"{c.daily_quota:,}",
+                          c.finish.astimezone(clock.JST).strftime("%Y-%m-%d %H:%M JST") if c.finish else "—", c.note)
+        out.print(table)
+        if result.will_finish:
+            out.print("[green]can finish before send_by[/]")
+        else:
+            out.print(f"[bold red]WILL MISS send_by[/]: projected finish {result.finish}, "
+                      f"send_by {record.campaign.send_by}")
+    if strict and not result.will_finish:
+        sys.exit(EXIT_FAIL)
+
+
+@cli.command()
+@click.argument("campaign_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipients_csv", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(campaign_file: Path, recipients_csv: Path | None, as_json: bool) -> None:
+    """Preflight: every finding pass/warn/fail with a reason; exit 1 on any fail."""
+    from .check import Level, run_checks
+
+    settings = settings_or_exit()
+    if recipients_csv is not None and not recipients_csv.is_file():
+        fail(f"recipient list not found: {recipients_csv}")
+    findings = run_checks(campaign_file, recipients_csv, settings)
+    if as_json:
+        click.echo(json.dumps([{"check": f.name, "result": f.level.value, "reason": f.reason} for f in findings],
+                              ensure_ascii=False))
+    else:
+        colour = {Level.PASS: "green", Level.WARN: "yellow", Level.FAIL: "bold red"}
+        table = Table(title=f"preflight {campaign_file}")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("reason", overflow="fold")
+        for f in findings:
+            table.add_row(f.name, f"[{colour[f.level]}]{f.level.value.upper()}[/]", f.reason)
+        out.print(table)
+    sys.exit(EXIT_FAIL if any(f.level is Level.FAIL for f in findings) else EXIT_OK)
+
+
+# operators: pause, resume, cancel --------------------------------------------------------------
+@cli.command()
+@click.argument("campaign_id")
+def pause(campaign_id: str) -> None:
+    """Stop sending until `resume` (nothing is lost)."""
+    from . import operations
+
+    settings = settings_or_exit()
+    with redis_available(settings) as live:
+        result = operations.pause(install_runtime(live), campaign_id)
+    out.print(f"campaign {result.campaign_id}: {result.state}")
+
+
+@cli.command()
+@click.argument("campaign_id")
+def resume(campaign_id: str) -> None:
+    """Resume a paused campaign (also after the circuit breaker paused it)."""
+    from . import operations
+
+    settings = settings_or_exit()
+    with redis_available(settings) as live:
+        rt = install_runtime(live)
+        from .actors import dispatch_ids
+
+        result = operations.resume(rt, campaign_id, dispatch_ids)
+    out.print(f"campaign {result.campaign_id}: {result.state}; {result.affected:,} deliveries re-enqueued")
+
+
+@cli.command()
+@click.argument("campaign_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def cancel(campaign_id: str, yes: bool) -> None:
+    """Cancel for good: every delivery not yet sent becomes `cancelled`."""
+    from . import operations
+
+    settings = settings_or_exit()
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Cancel campaign {campaign_id}? Unsent deliveries will never be sent", abort=True)
+    with redis_available(settings) as live:
+        result = operations.cancel(install_runtime(live), campaign_id)
+    out.print(f"campaign {result.campaign_id}: {result.state}; {result.affected:,} deliveries cancelled")
+
+
 # demo ------------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--size", default=300, show_default=True, type=click.IntRange(10, 100_000),

@@ -41,6 +41,7 @@ class EnqueueResult:
     flagged: int = 0
     by_channel: dict[str, int] = field(default_factory=lambda: {"email": 0, "sms": 0})
     sms_parts: int = 0
+    sms_max_units: int = 0
     rejects: list[Rejected] = field(default_factory=list)
     rejects_path: Path | None = None
     encoding: str | None = None
@@ -62,9 +63,11 @@ def default_rejects_path(recipients: Path) -> Path:
 class _Checker:
     """Validates rows for one campaign, including what the templates make of them."""
 
-    def __init__(self, campaign: Campaign, renderer: Renderer) -> None:
+    def __init__(self, campaign: Campaign, renderer: Renderer, *, thorough: bool = False) -> None:
         self.campaign = campaign
         self.renderer = renderer
+        self.thorough = thorough
+        self.sms_max_units = 0
         self.seen: dict[int, int] = {}  # hash(user_id) -> first row: duplicates within this file
         self._email_checked = False
 
@@ -81,7 +84,8 @@ class _Checker:
                 raise FieldError("sms", f"rendered message is {units} characters, the campaign allows "
                                         f"{self.campaign.sms_max_chars}")
             parts = sms.parts(text)
-        elif not self._email_checked:
+            self.sms_max_units = max(self.sms_max_units, units)
+        elif self.thorough or not self._email_checked:
             # Every row has the same columns, so one render proves the e-mail templates for all.
             self.renderer.email(accepted.fields, accepted.receipt_url)
             self._email_checked = True
@@ -107,19 +111,21 @@ def enqueue_campaign(
     ledger: Ledger | None = None,
     dispatch: Dispatch | None = None,
     progress: Progress | None = None,
+    thorough: bool = False,
 ) -> EnqueueResult:
     """Validate a recipient list and add its new people to the campaign.
 
     ``recipients`` is a CSV path or an iterable of row dicts (same columns as the CSV). Returns the counts
     and the rejects; raises :class:`ConfigError` / :class:`InputError` when nothing can be done at all.
     ``dispatch`` receives the ids of newly inserted deliveries (default: the Dramatiq actor).
+    ``thorough`` renders the e-mail for every row, not only the first (preflight).
     """
     settings = settings or load_settings()
     if not isinstance(campaign, Campaign):
         campaign = load_campaign(campaign)
     templates = load_template_sources(campaign)
     renderer = Renderer(campaign, templates, settings.email_sender)
-    checker = _Checker(campaign, renderer)
+    checker = _Checker(campaign, renderer, thorough=thorough)
     result = EnqueueResult(campaign.id, dry_run=dry_run)
 
     source: RecipientFile | None = None
@@ -202,6 +208,7 @@ def enqueue_campaign(
         progress(source.size)
     result.rejects_path = rejects_file if writer is not None else None
     result.encoding = source.encoding if source else None
+    result.sms_max_units = checker.sms_max_units
     log.info("campaign %s: %d rows, %d accepted (%d new), %d rejected", campaign.id, result.rows,
              result.accepted, result.new, result.rejected)
     return result

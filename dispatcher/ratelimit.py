@@ -10,6 +10,7 @@ A daily quota (SES's rolling 24 hours) is counted in hourly buckets: conservativ
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -31,7 +32,8 @@ local wait = 0
 local arg = 4
 for i = 1, n_windows do
   local key = KEYS[i]
-  local cap = tonumber(ARGV[arg]); local window = tonumber(ARGV[arg + 1]); arg = arg + 2
+  local cap = tonumber(ARGV[arg]); local window = tonumber(ARGV[arg + 1])
+  local subcap = tonumber(ARGV[arg + 2]); local sub = tonumber(ARGV[arg + 3]); arg = arg + 4
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local used = redis.call('ZCARD', key)
   if used + cost > cap then
@@ -39,6 +41,14 @@ for i = 1, n_windows do
     local need = used + cost - cap
     local oldest = redis.call('ZRANGE', key, need - 1, need - 1, 'WITHSCORES')
     local w = tonumber(oldest[2]) + window - now + 1
+    if w > wait then wait = w end
+  end
+  -- and no burst: a tenth of the window holds at most a tenth of the cap
+  local recent = redis.call('ZRANGEBYSCORE', key, now - sub, '+inf', 'WITHSCORES')
+  local sub_used = #recent / 2
+  if sub_used + cost > subcap and sub_used > 0 then
+    local need = math.min(sub_used, sub_used + cost - subcap)
+    local w = tonumber(recent[need * 2]) + sub - now + 1
     if w > wait then wait = w end
   end
 end
@@ -70,6 +80,9 @@ return 0
 """
 
 HOUR_US = 3_600_000_000
+#: The window is also cut in this many slices, each holding at most its share of the cap: sends flow
+#: evenly instead of bursting at each window boundary (carriers throttle bursts).
+BURST_SLICES = 10
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ class Quota:
 
 
 class RateLimiter:
-    def __init__(self, client: redis.Redis, *, margin: float = 0.02) -> None:
+    def __init__(self, client: redis.Redis, *, margin: float = 0.01) -> None:
         self.client = client
         self.margin = margin
         self._script = client.register_script(_ACQUIRE)
@@ -108,7 +121,8 @@ class RateLimiter:
         for limit in limits:
             cap, window_us = limit.cap_and_window_us
             keys_.append(keys.rate(limit.scope))
-            args += [cap, window_us + int(self.margin * 1_000_000)]
+            window_us += int(self.margin * 1_000_000)
+            args += [cap, window_us, max(1, math.ceil(cap / BURST_SLICES)), window_us // BURST_SLICES]
             costs.append(cap)
         # A message of more parts than the cap can never fit whole: it takes the whole window.
         cost = max(1, min([cost, *costs]))

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
 
     #: Extra length of the sliding window (seconds) covering the gap between slot and provider.
-    rate_window_margin: float = Field(default=0.02, ge=0, le=1)
+    rate_window_margin: float = Field(default=0.01, ge=0, le=1)
     #: Longer waits for a slot (daily quota) hand the delivery back to the ledger instead of blocking.
     rate_max_wait_seconds: float = Field(default=20.0, gt=0)
     #: SMS held for the send window start between these many seconds after it opens (no burst on the hour).

@@ -2,6 +2,7 @@
 
 - ``sending`` left by a dead worker for longer than ``stale_sending_seconds`` becomes ``unknown``
   (never resent by itself: the provider may have it);
+- ``queued``/``retrying`` deliveries of a campaign past its send-by become ``expired``;
 - ``queued``/``retrying`` deliveries whose time has come are handed to the broker again. The atomic
   claim makes a duplicate message harmless, so re-sending a message is always safe.
 """
@@ -27,6 +28,7 @@ REDISPATCH_GRACE = timedelta(minutes=15)
 @dataclass
 class SweepResult:
     unknown: int = 0
+    expired: int = 0
     redispatched: int = 0
 
 
@@ -39,6 +41,11 @@ def sweep(rt: Runtime, dispatch: Callable[[list[int]], None], *, everything: boo
         moved = ledger.move(delivery_id, Status.UNKNOWN, actor="sweep", expect=[Status.SENDING],
                             detail="worker stopped while sending; outcome unknown")
         result.unknown += moved is not None
+    while ids := ledger.overdue(now):
+        moved = [ledger.move(i, Status.EXPIRED, actor="sweep", detail="send_by passed before sending") for i in ids]
+        result.expired += sum(m is not None for m in moved)
+        if not any(moved):
+            break
     dispatched_before = None if everything or queue_empty else now - REDISPATCH_GRACE
     after = 0
     while True:
@@ -49,7 +56,7 @@ def sweep(rt: Runtime, dispatch: Callable[[list[int]], None], *, everything: boo
         ledger.mark_dispatched(ids, now)
         result.redispatched += len(ids)
         after = ids[-1]
-    if result.unknown or result.redispatched:
-        log.info("sweep: %d stale sends marked unknown, %d deliveries re-enqueued", result.unknown,
-                 result.redispatched)
+    if result.unknown or result.redispatched or result.expired:
+        log.info("sweep: %d stale sends marked unknown, %d expired, %d re-enqueued", result.unknown,
+                 result.expired, result.redispatched)
     return result

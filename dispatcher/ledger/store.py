@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from .. import clock
 from ..campaign import Campaign, campaign_to_dict, parse_campaign
 from ..errors import ConfigError, IllegalTransition
-from ..states import CLAIMABLE, Channel, Status, check, sources_of
+from ..states import CLAIMABLE, PENDING, Channel, Status, check, sources_of
 from .schema import SCHEMA_VERSION, campaigns, deliveries, metadata, schema_version, suppressions, transitions
 
 log = logging.getLogger(__name__)
@@ -303,6 +303,32 @@ class Ledger:
         )
         with self.read() as conn:
             return {(ch, st): n for ch, st, n in conn.execute(stmt)}
+
+    def pending_work(self, campaign_id: str) -> dict[str, tuple[int, int]]:
+        """``{channel: (deliveries, sms parts)}`` still owed a send."""
+        stmt = (
+            select(deliveries.c.channel, func.count(), func.coalesce(func.sum(deliveries.c.sms_parts), 0))
+            .where(deliveries.c.campaign_id == campaign_id,
+                   deliveries.c.status.in_([s.value for s in PENDING]))
+            .group_by(deliveries.c.channel)
+        )
+        with self.read() as conn:
+            return {ch: (int(n), int(parts)) for ch, n, parts in conn.execute(stmt)}
+
+    def overdue(self, now: datetime, limit: int = 5000) -> list[int]:
+        """Claimable deliveries of campaigns whose send_by has passed (to be expired)."""
+        with self.read() as conn:
+            rows = conn.execute(select(campaigns.c.id, campaigns.c.definition)).all()
+        late = [cid for cid, definition in rows if datetime.fromisoformat(definition["send_by"]) <= now]
+        if not late:
+            return []
+        stmt = (
+            select(deliveries.c.id)
+            .where(deliveries.c.campaign_id.in_(late), deliveries.c.status.in_([s.value for s in CLAIMABLE]))
+            .order_by(deliveries.c.id).limit(limit)
+        )
+        with self.read() as conn:
+            return list(conn.execute(stmt).scalars())
 
     def due(self, now: datetime, *, limit: int = 10_000, after_id: int = 0,
             dispatched_before: datetime | None = None) -> list[int]:
