@@ -52,7 +52,7 @@ def person_rows(n: int, *, start: int = 1, sms_every: int = 3) -> list[dict[str,
         row = {"user_id": f"U{i:06d}", "name": f"利用者{i}", "email": "", "phone": "",
                "receipt_url": f"https://receive.example.jp/r/tok{i:06d}x", "amount": str(100 * i), "category": "A"}
         if i % sms_every == 0:
-            row["phone"] = f"090{i:08d}"
+            row["phone"] = f"090{10_000_000 + i:08d}"
         else:
             row["email"] = f"user{i}@example.jp"
         rows.append(row)
