@@ -43,6 +43,8 @@ class EnqueueResult:
     sms_parts: int = 0
     sms_max_units: int = 0
     rejects: list[Rejected] = field(default_factory=list)
+    #: Rejections counted by the field at fault.
+    reasons: dict[str, int] = field(default_factory=dict)
     rejects_path: Path | None = None
     encoding: str | None = None
     dry_run: bool = False
@@ -189,6 +191,8 @@ def enqueue_campaign(
                         flush()
             if problem is not None:
                 result.rejected += 1
+                cause = problem.split(":", 1)[0] if ":" in problem else "row"
+                result.reasons[cause] = result.reasons.get(cause, 0) + 1
                 original = values or {}
                 if len(result.rejects) < REJECTS_IN_RESULT:
                     result.rejects.append(Rejected(row, problem, original))
@@ -197,6 +201,12 @@ def enqueue_campaign(
             if progress is not None and source is not None and result.rows % 1000 == 0:
                 progress(source.bytes_read)
         flush()
+        if ledger is not None and not dry_run:
+            ledger.record_import(
+                campaign.id, str(recipients) if source is not None else "<rows from a script>", rows=result.rows,
+                accepted=result.accepted, new=result.new, rejected=result.rejected,
+                rejects_path=str(rejects_file) if rejects_file else None, reasons=result.reasons,
+            )
     finally:
         if writer is None and rejects_file is not None and source is not None and source.header:
             writer = SafeCsvWriter(rejects_file, [*source.header, "row", "reason"])

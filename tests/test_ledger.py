@@ -132,3 +132,22 @@ def test_repr_never_shows_contact_or_url(ledger: Ledger) -> None:
     [d] = ledger.add_deliveries("test-campaign", [make_row(7)])
     text = repr(ledger.get(d))
     assert "u7@" not in text and "receive.example.jp" not in text
+
+
+def test_maintained_counters_match_the_rows(ledger: Ledger) -> None:
+    ids = ledger.add_deliveries("test-campaign", [make_row(i) for i in range(30)])
+    ledger.add_deliveries("test-campaign", [make_row(i) for i in range(30)])  # nothing new: no double count
+    for d in ids[:20]:
+        ledger.claim(d)
+    for d in ids[:10]:
+        ledger.move(d, Status.SENT, actor="worker")
+    for d in ids[:4]:
+        ledger.move(d, Status.DELIVERED, actor="event")
+    ledger.move(ids[25], Status.CANCELLED, actor="operator")
+    assert ledger.move(ids[0], Status.SENT, actor="worker") is None  # a refused move changes no count
+    expected = {("email", "delivered"): 4, ("email", "sent"): 6, ("email", "sending"): 10,
+                ("email", "queued"): 9, ("email", "cancelled"): 1}
+    assert ledger.counts("test-campaign") == expected
+    assert ledger.count_rows("test-campaign") == expected
+    ledger.recount("test-campaign")
+    assert ledger.counts("test-campaign") == expected

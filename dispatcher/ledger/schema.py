@@ -120,6 +120,36 @@ transitions = Table(
     Index("ix_transitions_campaign_at", "campaign_id", "at"),
 )
 
+#: Delivery counts per campaign, channel and state, kept in the same transaction as every change, so
+#: status pages need not count a million rows. Sharded so concurrent workers rarely wait on one row.
+delivery_counts = Table(
+    "delivery_counts",
+    metadata,
+    Column("campaign_id", String(64), primary_key=True),
+    Column("channel", String(8), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("n", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+)
+
+#: One row per list loaded into a campaign: what came in, what was refused and where the rejects are.
+imports = Table(
+    "imports",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("accepted", Integer, nullable=False),
+    Column("new", Integer, nullable=False),
+    Column("rejected", Integer, nullable=False),
+    Column("rejects_path", Text),
+    #: {"field": count} of rejection reasons.
+    Column("reasons", JSON, nullable=False),
+    Index("ix_imports_campaign", "campaign_id", "id"),
+)
+
 #: Contacts never to be sent to again, by any campaign (hard bounce, complaint, opt-out).
 suppressions = Table(
     "suppressions",

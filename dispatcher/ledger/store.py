@@ -8,6 +8,7 @@ never both win, and a move the state table forbids is refused, not applied.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,9 +24,21 @@ from .. import clock
 from ..campaign import Campaign, campaign_to_dict, parse_campaign
 from ..errors import ConfigError, IllegalTransition
 from ..states import CLAIMABLE, PENDING, Channel, Status, check, sources_of
-from .schema import SCHEMA_VERSION, campaigns, deliveries, metadata, schema_version, suppressions, transitions
+from .schema import (
+    SCHEMA_VERSION,
+    campaigns,
+    deliveries,
+    delivery_counts,
+    imports,
+    metadata,
+    schema_version,
+    suppressions,
+    transitions,
+)
 
 log = logging.getLogger(__name__)
+
+COUNT_SHARDS = 16
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,31 @@ class Ledger:
     def _insert(self, table: Any) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
+    def _bump(self, conn: Connection, campaign_id: str, channel: str, status: str, by: int) -> None:
+        stmt = self._insert(delivery_counts).values(
+            campaign_id=campaign_id, channel=channel, status=status, shard=random.randrange(COUNT_SHARDS), n=by
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[delivery_counts.c.campaign_id, delivery_counts.c.channel, delivery_counts.c.status,
+                            delivery_counts.c.shard],
+            set_={"n": delivery_counts.c.n + by},
+        )
+        conn.execute(stmt)
+
+    def recount(self, campaign_id: str) -> None:
+        """Rebuild a campaign's counters from the deliveries themselves (repair; never needed normally)."""
+        with self.write() as conn:
+            conn.execute(delivery_counts.delete().where(delivery_counts.c.campaign_id == campaign_id))
+            rows = conn.execute(
+                select(deliveries.c.channel, deliveries.c.status, func.count())
+                .where(deliveries.c.campaign_id == campaign_id)
+                .group_by(deliveries.c.channel, deliveries.c.status)
+            ).all()
+            if rows:
+                conn.execute(delivery_counts.insert(), [
+                    {"campaign_id": campaign_id, "channel": ch, "status": st, "shard": 0, "n": n} for ch, st, n in rows
+                ])
+
     # Campaigns ---------------------------------------------------------------------------------
     def save_campaign(self, campaign: Campaign, templates: dict[str, str]) -> None:
         now = clock.now()
@@ -218,7 +256,10 @@ class Ledger:
             .returning(deliveries.c.id)
         )
         with self.write() as conn:
-            new_ids = [r[0] for r in conn.execute(stmt, values)]
+            inserted = list(conn.execute(stmt.returning(deliveries.c.channel), values))
+            new_ids = [r[0] for r in inserted]
+            for channel in {r[1] for r in inserted}:
+                self._bump(conn, campaign_id, channel, Status.QUEUED.value, sum(1 for r in inserted if r[1] == channel))
             if new_ids:
                 conn.execute(
                     transitions.insert(),
@@ -275,6 +316,9 @@ class Ledger:
                     if _claim:
                         return None
                     continue  # changed under us: re-read and decide again
+                channel = str((values or {}).get("channel", current.channel.value))
+                self._bump(conn, current.campaign_id, current.channel.value, current.status.value, -1)
+                self._bump(conn, current.campaign_id, channel, to.value, 1)
                 conn.execute(transitions.insert().values(
                     delivery_id=delivery_id, campaign_id=current.campaign_id, at=now,
                     from_status=current.status.value, to_status=to.value, attempt=attempt,
@@ -295,7 +339,17 @@ class Ledger:
             return [dict(r._mapping) for r in rows]
 
     def counts(self, campaign_id: str) -> dict[tuple[str, str], int]:
-        """``{(channel, status): n}`` for one campaign."""
+        """``{(channel, status): n}`` for one campaign, from the maintained counters."""
+        stmt = (
+            select(delivery_counts.c.channel, delivery_counts.c.status, func.sum(delivery_counts.c.n))
+            .where(delivery_counts.c.campaign_id == campaign_id)
+            .group_by(delivery_counts.c.channel, delivery_counts.c.status)
+        )
+        with self.read() as conn:
+            return {(ch, st): int(n) for ch, st, n in conn.execute(stmt) if n}
+
+    def count_rows(self, campaign_id: str) -> dict[tuple[str, str], int]:
+        """The same counts, by counting the deliveries (slow on big campaigns; for checks and repair)."""
         stmt = (
             select(deliveries.c.channel, deliveries.c.status, func.count())
             .where(deliveries.c.campaign_id == campaign_id)
@@ -303,6 +357,19 @@ class Ledger:
         )
         with self.read() as conn:
             return {(ch, st): n for ch, st, n in conn.execute(stmt)}
+
+    def record_import(self, campaign_id: str, source: str, *, rows: int, accepted: int, new: int, rejected: int,
+                      rejects_path: str | None, reasons: dict[str, int]) -> None:
+        with self.write() as conn:
+            conn.execute(imports.insert().values(
+                campaign_id=campaign_id, source=source, at=clock.now(), rows=rows, accepted=accepted, new=new,
+                rejected=rejected, rejects_path=rejects_path, reasons=reasons,
+            ))
+
+    def imports(self, campaign_id: str) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            rows = conn.execute(select(imports).where(imports.c.campaign_id == campaign_id).order_by(imports.c.id))
+            return [dict(r._mapping) for r in rows]
 
     def pending_work(self, campaign_id: str) -> dict[str, tuple[int, int]]:
         """``{channel: (deliveries, sms parts)}`` still owed a send."""
