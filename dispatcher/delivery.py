@@ -75,6 +75,9 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
         ledger.move(delivery_id, Status.SUPPRESSED, actor="worker", detail=f"suppression list: {reason}")
         return Outcome(Status.SUPPRESSED)
 
+    # Build the provider client now (the first one in a process takes a few hundred ms), not between the
+    # rate slot and the call: that gap would push a whole second's sends into the next provider second.
+    rt.provider(delivery.channel)
     claimed = ledger.claim(delivery_id, now=clock.now())
     if claimed is None:
         return Outcome(None)  # another worker has it
@@ -154,7 +157,7 @@ def _retry_later(rt: Runtime, delivery: Delivery, exc: ProviderError, provider: 
     delay = exc.retry_after or backoff(delivery.attempts, settings.retry_base_seconds, settings.retry_max_seconds)
     again = clock.now() + timedelta(seconds=delay)
     common = {"provider": provider, "reason": str(exc)}
-    if delivery.attempts >= settings.max_attempts:
+    if delivery.attempts - delivery.attempts_base >= settings.max_attempts:
         ledger.move(delivery.id, Status.FAILED, actor="worker", provider_code=exc.code, values=common,
                     detail=f"gave up after {delivery.attempts} attempts: {exc}")
         rt.breaker.record_failure(delivery.campaign_id)

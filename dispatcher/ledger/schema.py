@@ -83,6 +83,8 @@ deliveries = Table(
     Column("fields", JSON, nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
+    #: ``attempts`` when an operator last re-queued it: the retry bound counts from here.
+    Column("attempts_base", Integer, nullable=False, default=0),
     Column("not_before", UTCDateTime),
     #: When a broker message was last sent for it; the sweep re-sends only what looks lost.
     Column("dispatched_at", UTCDateTime),

@@ -56,6 +56,7 @@ class Delivery:
     fields: dict[str, Any]
     status: Status
     attempts: int
+    attempts_base: int
     not_before: datetime | None
     provider: str | None
     provider_message_id: str | None
@@ -75,7 +76,8 @@ class Delivery:
             id=m["id"], campaign_id=m["campaign_id"], user_id=m["user_id"], row_no=m["row_no"],
             channel=Channel(m["channel"]), contact=m["contact"], email=m["email"], phone=m["phone"],
             flags=m["flags"], receipt_url=m["receipt_url"], fields=m["fields"] or {},
-            status=Status(m["status"]), attempts=m["attempts"], not_before=m["not_before"],
+            status=Status(m["status"]), attempts=m["attempts"], attempts_base=m["attempts_base"] or 0,
+            not_before=m["not_before"],
             provider=m["provider"], provider_message_id=m["provider_message_id"],
             provider_code=m["provider_code"], reason=m["reason"], sms_parts=m["sms_parts"],
             first_sent_at=m["first_sent_at"], last_event_at=m["last_event_at"],
@@ -246,7 +248,7 @@ class Ledger:
             return []
         now = clock.now()
         values = [
-            {**row, "campaign_id": campaign_id, "status": Status.QUEUED.value, "attempts": 0,
+            {**row, "campaign_id": campaign_id, "status": Status.QUEUED.value, "attempts": 0, "attempts_base": 0,
              "created_at": now, "updated_at": now, "dispatched_at": now}
             for row in rows
         ]
