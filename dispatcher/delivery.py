@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from . import clock, sms
 from .errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled
+from .feedback.apply import apply_pending
 from .ledger.store import CampaignRecord, Delivery
 from .mime import build_message
 from .privacy import mask_contact
-from .providers.base import Outgoing, OutgoingEmail, OutgoingSms
+from .providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
 from .runtime import Runtime
 from .states import CLAIMABLE, Channel, Status
 
@@ -88,14 +90,15 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
                     values={"reason": str(exc)})
         return Outcome(Status.FAILED)
     # Take the rate slot last, right before the provider call, so slot time and send time stay close.
-    wait = rt.limits.acquire(claimed.channel, claimed.contact, cost=getattr(outgoing, "parts", 1))
+    slot = uuid.uuid4().hex
+    wait = rt.limits.acquire(claimed.channel, claimed.contact, cost=getattr(outgoing, "parts", 1), token=slot)
     if wait > 0:
         again = clock.now() + timedelta(seconds=wait)
         ledger.move(delivery_id, Status.RETRYING, actor="worker", expect=[Status.SENDING],
                     detail=f"quota or rate limit: not attempted, next slot in {wait:.0f}s",
                     values={"attempts": claimed.attempts - 1, "not_before": again})
         return Outcome(Status.RETRYING, again_at=again)
-    return send_claimed(rt, claimed, outgoing, campaign.send_by)
+    return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot)
 
 
 def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> Outgoing:
@@ -114,12 +117,22 @@ def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> O
                        expires_at=record.campaign.deadline)
 
 
-def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: datetime) -> Outcome:
+def _call(rt: Runtime, provider: Provider, delivery: Delivery, outgoing: Outgoing, slot: str | None) -> SendResult:
+    """The provider call; when it is over, its rate slot counts from then (it may have arrived then)."""
+    try:
+        return provider.send(outgoing)
+    finally:
+        if slot is not None:
+            rt.limits.sent(delivery.channel, delivery.contact, slot, cost=getattr(outgoing, "parts", 1))
+
+
+def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: datetime,
+                 slot: str | None = None) -> Outcome:
     ledger = rt.ledger
     provider = rt.provider(delivery.channel)
     who = f"delivery {delivery.id} ({mask_contact(delivery.channel, delivery.contact)})"
     try:
-        result = provider.send(outgoing)
+        result = _call(rt, provider, delivery, outgoing, slot)
     except AmbiguousOutcome as exc:
         log.warning("%s: outcome unknown, will not resend by itself: %s", who, exc)
         ledger.move(delivery.id, Status.UNKNOWN, actor="worker", detail=str(exc), provider_code=exc.code,
@@ -144,8 +157,10 @@ def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: d
     moved = ledger.move(delivery.id, Status.SENT, actor="worker", values=values, now=now,
                         detail=f"accepted by {provider.name}")
     if moved is None:
-        # A provider event got there first (e.g. delivered); keep its verdict, note the message id.
+        # Someone settled it first (an operator, the sweep); keep their verdict, note the message id.
         ledger.note_message_id(delivery.id, provider.name, result.message_id)
+    # Events that arrived before we could record the send are applied now.
+    apply_pending(ledger, result.message_id, rt.breaker)
     rt.breaker.record_success(delivery.campaign_id)
     log.info("%s: sent via %s", who, provider.name)
     return Outcome(Status.SENT)

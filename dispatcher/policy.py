@@ -35,12 +35,23 @@ class Limits:
         per_day = s.email_daily_quota if channel is Channel.EMAIL else s.sms_daily_quota
         return limits, (Quota(channel.value, per_day) if per_day else None)
 
-    def acquire(self, channel: Channel, contact: str, cost: int = 1) -> float:
+    def acquire(self, channel: Channel, contact: str, cost: int = 1, token: str | None = None) -> float:
         """Wait for a slot; returns 0 when the send may leave now, else how long it must still wait."""
         limits, quota = self.limits_for(channel, contact)
         if self.limiter is None or (not limits and quota is None):
             return 0.0
-        return self.limiter.acquire(limits, quota, cost, max_wait=self.settings.rate_max_wait_seconds)
+        return self.limiter.acquire(limits, quota, cost, max_wait=self.settings.rate_max_wait_seconds,
+                                    token=token)
+
+    def sent(self, channel: Channel, contact: str, token: str, cost: int = 1) -> None:
+        """The provider call for slot ``token`` is over: count the send from now (it may have arrived now)."""
+        limits, _ = self.limits_for(channel, contact)
+        if self.limiter is None or not limits:
+            return
+        try:
+            self.limiter.sent(limits, token, cost)
+        except redis.RedisError as exc:  # never lose the outcome of a send over this
+            log.warning("rate limit: could not record the end of a send: %s", exc)
 
 
 class Breaker:

@@ -4,7 +4,10 @@ Dramatiq's Window and Bucket limiters count per calendar second, which lets a sl
 the cap, and in raise mode a refusal burns a retry. Here every send is logged with Redis server time in a
 sorted set per scope; a send may leave only when the last ``window`` seconds hold fewer than ``cap``
 sends in every scope it belongs to (channel, recipient domain). One Lua script checks and records all
-scopes atomically, so no sliding window ever holds more than the cap, whatever the number of hosts.
+scopes atomically. When the provider call ends, the send's entries are stamped again with that time
+(:meth:`RateLimiter.sent`): the request reached the provider somewhere between slot and answer, so each
+send counts over that whole span and no sliding second *at the provider* holds more than the cap, however
+long the gap between slot and request (serialising, a busy host) and whatever the number of hosts.
 A daily quota (SES's rolling 24 hours) is counted in hourly buckets: conservative, never over.
 """
 
@@ -79,6 +82,22 @@ end
 return 0
 """
 
+# KEYS: the window scopes of one send; ARGV: cost member_prefix. Missing entries (aged out during a long
+# call) are added back: the send may have reached the provider only now.
+_SENT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost = tonumber(ARGV[1])
+local prefix = ARGV[2]
+for i = 1, #KEYS do
+  for c = 1, cost do
+    redis.call('ZADD', KEYS[i], now, prefix .. ':' .. c)
+  end
+  redis.call('PEXPIRE', KEYS[i], 120000)
+end
+return 0
+"""
+
 HOUR_US = 3_600_000_000
 #: The window is also cut in this many slices, each holding at most its share of the cap: sends flow
 #: evenly instead of bursting at each window boundary (carriers throttle bursts).
@@ -112,11 +131,16 @@ class RateLimiter:
         self.client = client
         self.margin = margin
         self._script = client.register_script(_ACQUIRE)
+        self._sent = client.register_script(_SENT)
 
-    def try_acquire(self, limits: list[Limit], quota: Quota | None = None, cost: int = 1) -> float:
-        """Take ``cost`` slots in every limit at once, or none. Returns 0, or seconds to wait."""
+    def try_acquire(self, limits: list[Limit], quota: Quota | None = None, cost: int = 1,
+                    token: str | None = None) -> float:
+        """Take ``cost`` slots in every limit at once, or none. Returns 0, or seconds to wait.
+
+        ``token`` names the slots, for :meth:`sent` once the provider call is over.
+        """
         keys_: list[str] = []
-        args: list[int | str] = [len(limits), 0, uuid.uuid4().hex]
+        args: list[int | str] = [len(limits), 0, token or uuid.uuid4().hex]
         costs = []
         for limit in limits:
             cap, window_us = limit.cap_and_window_us
@@ -137,16 +161,23 @@ class RateLimiter:
         return wait_us / 1_000_000
 
     def acquire(self, limits: list[Limit], quota: Quota | None = None, cost: int = 1,
-                max_wait: float = 30.0) -> float:
+                max_wait: float = 30.0, token: str | None = None) -> float:
         """Block until the send may leave; returns 0, or the wait still needed if over ``max_wait``."""
         if not limits and quota is None:
             return 0.0
         deadline = time.monotonic() + max_wait
         while True:
-            wait = self.try_acquire(limits, quota, cost)
+            wait = self.try_acquire(limits, quota, cost, token)
             if wait <= 0:
                 return 0.0
             if time.monotonic() + wait > deadline:
                 return wait
             # Sleep to the computed moment, plus a little jitter so waiting threads do not stampede.
             time.sleep(wait + random.uniform(0, 0.002))
+
+    def sent(self, limits: list[Limit], token: str, cost: int = 1) -> None:
+        """The provider call that took slots ``token`` is over: they count from now on (see the module)."""
+        if not limits:
+            return
+        cost = max(1, min([cost, *(limit.cap_and_window_us[0] for limit in limits)]))
+        self._sent(keys=[keys.rate(limit.scope) for limit in limits], args=[cost, token])

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     #: Shared secret for the HMAC-SHA256 signature on the gateway's delivery receipts.
     sms_gateway_secret: str | None = None
     feedback_queue_url: str | None = None
+    #: SNS HTTPS subscriptions: accepted topics (empty: any) and, on closed networks, a folder of signing
+    #: certificates named as in their SigningCertURL.
+    sns_topic_arns: list[str] = Field(default_factory=list)
+    sns_certificate_dir: Path | None = None
     dashboard_token: str | None = None
 
     #: Retries of transient failures, with exponential backoff and jitter, never past send_by.

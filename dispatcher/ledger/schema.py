@@ -152,6 +152,43 @@ imports = Table(
     Index("ix_imports_campaign", "campaign_id", "id"),
 )
 
+#: Every message id a provider gave us, so late events for an earlier attempt still find their delivery.
+provider_messages = Table(
+    "provider_messages",
+    metadata,
+    Column("message_id", String(200), primary_key=True),
+    Column("delivery_id", Id, nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("sent_at", UTCDateTime, nullable=False),
+)
+
+#: Provider events as received (deduplicated). ``applied`` is false while the event waits for its send to
+#: be recorded (it arrived first) — it is applied when it can be. No personal data is kept here.
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(64), nullable=False, unique=True),
+    Column("source", String(32), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    #: our "<delivery id>.<attempt>" when the provider echoes it (SES tags, SMS context, gateway reference)
+    Column("reference", String(64)),
+    Column("at", UTCDateTime, nullable=False),
+    Column("code", String(100)),
+    Column("detail", Text),
+    Column("delivery_id", Id),
+    Column("applied", Integer, nullable=False, default=0),
+    #: what applying it did: moved:<state> | ignored:<why> | recorded
+    Column("outcome", String(100)),
+    Column("received_at", UTCDateTime, nullable=False),
+    Index("ix_provider_events_message", "message_id"),
+    Index("ix_provider_events_pending", "applied", "received_at"),
+)
+
 #: Contacts never to be sent to again, by any campaign (hard bounce, complaint, opt-out).
 suppressions = Table(
     "suppressions",

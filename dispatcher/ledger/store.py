@@ -31,6 +31,8 @@ from .schema import (
     delivery_counts,
     imports,
     metadata,
+    provider_events,
+    provider_messages,
     schema_version,
     suppressions,
     transitions,
@@ -318,6 +320,13 @@ class Ledger:
                     if _claim:
                         return None
                     continue  # changed under us: re-read and decide again
+                message_id = (values or {}).get("provider_message_id")
+                if message_id:
+                    conn.execute(self._insert(provider_messages).values(
+                        message_id=message_id, delivery_id=delivery_id, attempt=attempt,
+                        channel=str((values or {}).get("channel", current.channel.value)),
+                        provider=str((values or {}).get("provider") or current.provider or "?"), sent_at=now,
+                    ).on_conflict_do_nothing(index_elements=[provider_messages.c.message_id]))
                 channel = str((values or {}).get("channel", current.channel.value))
                 self._bump(conn, current.campaign_id, current.channel.value, current.status.value, -1)
                 self._bump(conn, current.campaign_id, channel, to.value, 1)
@@ -493,3 +502,45 @@ class Ledger:
                 update(deliveries).where(deliveries.c.id == delivery_id, deliveries.c.provider_message_id.is_(None))
                 .values(provider=provider, provider_message_id=message_id)
             )
+
+    # Provider events ---------------------------------------------------------------------------
+    def delivery_for_message(self, message_id: str) -> int | None:
+        with self.read() as conn:
+            found = conn.execute(select(provider_messages.c.delivery_id)
+                                 .where(provider_messages.c.message_id == message_id)).scalar()
+            if found is None:
+                found = conn.execute(select(deliveries.c.id)
+                                     .where(deliveries.c.provider_message_id == message_id)).scalar()
+        return found
+
+    def record_event(self, dedupe_key: str, values: dict[str, Any]) -> int | None:
+        """Store an event once; returns its id, or None when it was already received (a duplicate)."""
+        stmt = (
+            self._insert(provider_events)
+            .values(dedupe_key=dedupe_key, received_at=clock.now(), **values)
+            .on_conflict_do_nothing(index_elements=[provider_events.c.dedupe_key])
+            .returning(provider_events.c.id)
+        )
+        with self.write() as conn:
+            return conn.execute(stmt).scalar()
+
+    def finish_event(self, event_id: int, *, delivery_id: int | None, applied: bool, outcome: str) -> None:
+        with self.write() as conn:
+            conn.execute(update(provider_events).where(provider_events.c.id == event_id)
+                         .values(delivery_id=delivery_id, applied=int(applied), outcome=outcome))
+
+    def pending_events(self, message_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        stmt = select(provider_events).where(provider_events.c.applied == 0)
+        if message_id is not None:
+            stmt = stmt.where(provider_events.c.message_id == message_id)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt.order_by(provider_events.c.at).limit(limit))]
+
+    def unsuppress(self, contact: str) -> bool:
+        with self.write() as conn:
+            return conn.execute(suppressions.delete().where(suppressions.c.contact == contact)).rowcount == 1
+
+    def suppression_list(self, limit: int = 10_000) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            rows = conn.execute(select(suppressions).order_by(suppressions.c.created_at).limit(limit))
+            return [dict(r._mapping) for r in rows]

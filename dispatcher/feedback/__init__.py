@@ -1,0 +1,1 @@
+"""Provider feedback: parse events from every source, normalise them, apply them to the ledger."""
