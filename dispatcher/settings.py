@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=8, ge=1, le=50)
     retry_base_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=1800.0, gt=0)
+    #: How often each `dispatcher worker` sweeps the ledger (one host at a time does it).
+    sweep_interval_seconds: float = Field(default=30.0, ge=1)
     #: A delivery left in "sending" this long by a dead worker becomes "unknown".
     stale_sending_seconds: float = Field(default=120.0, gt=0)
     #: Circuit breaker: pause a campaign past this failure share, once this many attempts were made.

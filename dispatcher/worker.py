@@ -22,11 +22,10 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-SWEEP_EVERY = 30.0
 RESTART_BACKOFF_MAX = 30.0
 
 
-def _sweeper(settings: Settings, stop: threading.Event) -> None:
+def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event) -> None:
     from .actors import dispatch_ids
     from .runtime import Runtime
     from .sweep import sweep
@@ -34,10 +33,20 @@ def _sweeper(settings: Settings, stop: threading.Event) -> None:
     rt = Runtime(settings)
     client = redis.Redis.from_url(settings.redis_url or "")
     broker = _broker.installed() or _broker.install(settings.redis_url or "")
-    while not stop.wait(SWEEP_EVERY):
+    every = settings.sweep_interval_seconds
+    while not stop.is_set():
+        crashed.wait(every)
+        if stop.is_set():
+            break
         try:
-            # One sweeper at a time across every host.
-            if not client.set(_broker.keys.sweep_lock(), os.getpid(), nx=True, ex=int(SWEEP_EVERY) - 5):
+            if crashed.is_set():
+                # A dead process's prefetched messages stay hidden until Dramatiq's maintenance finds them:
+                # hand every due delivery over again now (the atomic claim makes duplicates harmless).
+                crashed.clear()
+                sweep(rt, dispatch_ids, everything=True)
+                continue
+            # One periodic sweeper at a time across every host.
+            if not client.set(_broker.keys.sweep_lock(), os.getpid(), nx=True, px=max(1, int(every * 900))):
                 continue
             sweep(rt, dispatch_ids, everything=False, queue_empty=_broker.queue_depth(broker) == 0)
         except Exception:
@@ -52,6 +61,7 @@ def run_workers(settings: Settings, *, processes: int, threads: int) -> int:
     command = [sys.executable, "-m", "dramatiq", "dispatcher.actors", "--processes", str(processes),
                "--threads", str(threads), "--queues", _broker.QUEUE, "--worker-shutdown-timeout", "60000"]
     stop = threading.Event()
+    crashed = threading.Event()
     child: subprocess.Popen[bytes] | None = None
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -61,7 +71,7 @@ def run_workers(settings: Settings, *, processes: int, threads: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sweeper = threading.Thread(target=_sweeper, args=(settings, stop), name="sweeper", daemon=True)
+    sweeper = threading.Thread(target=_sweeper, args=(settings, stop, crashed), name="sweeper", daemon=True)
     sweeper.start()
     backoff = 1.0
     code = 0
@@ -74,8 +84,10 @@ def run_workers(settings: Settings, *, processes: int, threads: int) -> int:
         if time.monotonic() - started > 60:
             backoff = 1.0
         log.error("worker pool exited with code %s; restarting in %.0fs", code, backoff)
+        crashed.set()
         if stop.wait(backoff):
             break
         backoff = min(RESTART_BACKOFF_MAX, backoff * 2)
     stop.set()
+    crashed.set()  # wake the sweeper so it sees stop
     return 0 if code in (0, -signal.SIGTERM) else code

@@ -55,13 +55,14 @@ class RedisService:
         if explicit:
             self.url = explicit
             return explicit
-        if port_open("127.0.0.1", 6379):
-            self.url = "redis://127.0.0.1:6379/9"
-            return self.url
+        # A private server per test session: concurrent sessions (and their workers) never share queues.
         from dispatcher.redis_server import redis_binary
 
         binary = redis_binary()
         if binary is None:
+            if port_open("127.0.0.1", 6379):
+                self.url = "redis://127.0.0.1:6379/9"
+                return self.url
             missing("Redis", "nothing on 127.0.0.1:6379 and no redis-server binary")
         port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="dispatcher-test-redis-")
