@@ -64,6 +64,6 @@ def schedule(delivery_id: int, at: object) -> None:
 
 
 def dispatch_ids(ids: list[int]) -> None:
-    """Hand new deliveries to the broker, one message each, pipelined."""
-    for delivery_id in ids:
-        send_delivery.send(delivery_id)
+    """Hand deliveries to the broker, one message each, pipelined."""
+    broker = _ensure_broker()
+    _broker.enqueue_many(broker, [send_delivery.message(delivery_id) for delivery_id in ids])

@@ -23,7 +23,7 @@ import redis
 
 from .broker import keys
 
-# KEYS: window scopes..., then quota buckets (current hour first)
+# KEYS: window scopes..., their burst sets (same order), then quota buckets (current hour first)
 # ARGV: now_us?(unused) n_windows cap1 window_us1 ... n_quota quota hour_us cost member_prefix
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -35,6 +35,7 @@ local wait = 0
 local arg = 4
 for i = 1, n_windows do
   local key = KEYS[i]
+  local burst = KEYS[n_windows + i]
   local cap = tonumber(ARGV[arg]); local window = tonumber(ARGV[arg + 1])
   local subcap = tonumber(ARGV[arg + 2]); local sub = tonumber(ARGV[arg + 3]); arg = arg + 4
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
@@ -46,8 +47,10 @@ for i = 1, n_windows do
     local w = tonumber(oldest[2]) + window - now + 1
     if w > wait then wait = w end
   end
-  -- and no burst: a tenth of the window holds at most a tenth of the cap
-  local recent = redis.call('ZRANGEBYSCORE', key, now - sub, '+inf', 'WITHSCORES')
+  -- and no burst: a tenth of the window holds at most a tenth of the cap. Counted on slot times (the
+  -- burst set is never re-stamped), or the end-of-call stamps would stretch every tenth by a call.
+  redis.call('ZREMRANGEBYSCORE', burst, '-inf', now - sub - 1)
+  local recent = redis.call('ZRANGEBYSCORE', burst, now - sub, '+inf', 'WITHSCORES')
   local sub_used = #recent / 2
   if sub_used + cost > subcap and sub_used > 0 then
     local need = math.min(sub_used, sub_used + cost - subcap)
@@ -60,7 +63,7 @@ if n_quota > 0 then
   local quota = tonumber(ARGV[arg + 1]); local hour = tonumber(ARGV[arg + 2])
   local used = 0
   for i = 1, n_quota do
-    used = used + tonumber(redis.call('GET', KEYS[n_windows + i]) or '0')
+    used = used + tonumber(redis.call('GET', KEYS[2 * n_windows + i]) or '0')
   end
   if used + cost > quota then
     local w = hour - (now % hour) + 1
@@ -69,15 +72,16 @@ if n_quota > 0 then
 end
 if wait > 0 then return wait end
 for i = 1, n_windows do
-  local key = KEYS[i]
-  for c = 1, cost do
-    redis.call('ZADD', key, now, prefix .. ':' .. c)
+  for _, key in ipairs({KEYS[i], KEYS[n_windows + i]}) do
+    for c = 1, cost do
+      redis.call('ZADD', key, now, prefix .. ':' .. c)
+    end
+    redis.call('PEXPIRE', key, 120000)
   end
-  redis.call('PEXPIRE', key, 120000)
 end
 if n_quota > 0 then
-  redis.call('INCRBY', KEYS[n_windows + 1], cost)
-  redis.call('PEXPIRE', KEYS[n_windows + 1], 26 * 3600 * 1000)
+  redis.call('INCRBY', KEYS[2 * n_windows + 1], cost)
+  redis.call('PEXPIRE', KEYS[2 * n_windows + 1], 26 * 3600 * 1000)
 end
 return 0
 """
@@ -148,6 +152,7 @@ class RateLimiter:
             window_us += int(self.margin * 1_000_000)
             args += [cap, window_us, max(1, math.ceil(cap / BURST_SLICES)), window_us // BURST_SLICES]
             costs.append(cap)
+        keys_ += [keys.rate(f"{limit.scope}:burst") for limit in limits]
         # A message of more parts than the cap can never fit whole: it takes the whole window.
         cost = max(1, min([cost, *costs]))
         args[1] = cost
