@@ -99,3 +99,14 @@ def dispatcher_cmd() -> list[str]:
     """The installed console script, as an operator runs it."""
     exe = Path(sys.executable).parent / "dispatcher"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "dispatcher.cli"]
+
+
+@pytest.fixture
+def rt(moto: MotoService, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """An in-process runtime sending through SES and SNS on moto, SQLite ledger, real Redis."""
+    from .feedback_helpers import ses_runtime
+
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    runtime = ses_runtime(monkeypatch)
+    yield runtime
+    runtime.close()

@@ -15,19 +15,8 @@ from dispatcher.feedback.apply import receive
 from dispatcher.feedback.events import Kind, parse_record
 from dispatcher.states import Status
 
-from .feedback_helpers import event_json, send_campaign, ses_runtime, sns_envelope
+from .feedback_helpers import event_json, send_campaign, sns_envelope
 from .helpers import person_rows
-
-ALL_SES = ["ses_send", "ses_delivery", "ses_bounce_permanent", "ses_bounce_transient", "ses_complaint",
-           "ses_reject", "ses_delivery_delay", "ses_rendering_failure", "ses_notification_bounce"]
-
-
-@pytest.fixture
-def rt(moto, redis_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
-    runtime = ses_runtime(monkeypatch)
-    yield runtime
-    runtime.close()
 
 
 @pytest.mark.parametrize("name,kind", [

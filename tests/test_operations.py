@@ -19,16 +19,8 @@ from dispatcher.feedback.events import parse_record
 from dispatcher.report import write_report
 from dispatcher.states import Channel, Status
 
-from .feedback_helpers import event_json, send_campaign, ses_runtime
+from .feedback_helpers import event_json, send_campaign
 from .helpers import person_rows, write_campaign, write_csv
-
-
-@pytest.fixture
-def rt(moto, redis_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
-    runtime = ses_runtime(monkeypatch)
-    yield runtime
-    runtime.close()
 
 
 def test_paused_campaign_sends_nothing_until_resumed(rt, tmp_path, moto) -> None:
