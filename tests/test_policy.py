@@ -391,3 +391,40 @@ def test_an_sms_whose_window_opens_only_after_send_by_expires(tmp_path, in_proce
     ids = enqueue_in_process(rt, tmp_path, "late", rows, send_by="2023-05-28T08:00:00+09:00")
     assert deliver(rt, ids[contact(rows[0])]).status is Status.EXPIRED
     assert proxy.sends() == [] and moto.sent_sms() == []
+
+
+def test_circuit_breaker_pauses_a_campaign_with_too_many_permanent_failures(aws, proxy, tmp_path) -> None:
+    # Given 120 people of whom 10 % are refused for good by the provider, a 5 % threshold after 100 attempts
+    from dispatcher import operations
+    from dispatcher.delivery import deliver
+    from dispatcher.enqueue import enqueue_campaign
+    from dispatcher.runtime import Runtime
+    from dispatcher.settings import load_settings
+
+    rows = person_rows(120, sms_every=EMAIL_ONLY)
+    proxy.reject = {r["email"] for i, r in enumerate(rows) if i % 10 == 5}
+    rt = Runtime(load_settings())
+    try:
+        enqueue_campaign(write_campaign(tmp_path, "brk"), rows, settings=rt.settings, ledger=rt.ledger,
+                         dispatch=lambda ids: None)
+        # When the workers go through the list
+        for delivery_id in rt.ledger.in_status("brk", [Status.QUEUED]):
+            deliver(rt, delivery_id)
+        # Then the campaign paused itself once past the threshold, said why, and sent nothing more
+        record = rt.ledger.campaign("brk", fresh=True)
+        assert record.state == "paused"
+        assert "circuit breaker" in record.state_reason and "5%" in record.state_reason
+        counts = rt.ledger.counts("brk")
+        attempted = counts.get(("email", "sent"), 0) + counts.get(("email", "failed"), 0)
+        assert 100 <= attempted < 120
+        assert counts[("email", "queued")] == 120 - attempted
+        # And after the operator resumes it, the rest is sent (the counters start afresh)
+        queued: list[int] = []
+        operations.resume(rt, "brk", queued.extend, who="test")
+        for delivery_id in queued:
+            deliver(rt, delivery_id)
+        final = rt.ledger.counts("brk")
+        assert final[("email", "failed")] == 12
+        assert final[("email", "sent")] == 108
+    finally:
+        rt.close()
