@@ -34,8 +34,11 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
     client = redis.Redis.from_url(settings.redis_url or "")
     broker = _broker.installed() or _broker.install(settings.redis_url or "")
     every = settings.sweep_interval_seconds
+    first = True
     while not stop.is_set():
-        crashed.wait(every)
+        if not first:
+            crashed.wait(every)
+        first = False  # the first sweep runs at start: work left from before this worker is found at once
         if stop.is_set():
             break
         try:
