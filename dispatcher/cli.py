@@ -21,7 +21,6 @@ from rich.table import Table
 from . import clock
 from .errors import ConfigError, DispatcherError, InputError
 from .privacy import install_log_redaction
-from .redis_server import redis_available
 from .settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
@@ -47,6 +46,13 @@ def settings_or_exit(**overrides: Any) -> Settings:
     if clock.is_shifted():
         log.warning("clock starts at %s (DISPATCHER_CLOCK_START): rehearsal mode", settings.clock_start)
     return settings
+
+
+def redis_available(settings: Settings, *, persistent: bool = True) -> Any:
+    """The configured Redis or a private one (imported late: most commands never need Redis)."""
+    from .redis_server import redis_available as available
+
+    return available(settings, persistent=persistent)
 
 
 def install_runtime(settings: Settings) -> Any:
@@ -442,6 +448,26 @@ def report(campaign_id: str, out_path: Path) -> None:
     summary = write_report(ledger, campaign_id, out_path)
     out.print(f"{summary.rows:,} deliveries written to {out_path}; notified {summary.notified:,}, "
               f"not (yet) notified {summary.rows - summary.notified:,}; rejected at import {summary.rejected:,}")
+
+
+# dashboard -------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+def dashboard(host: str, port: int) -> None:
+    """Web dashboard for operators: pages, JSON API, /metrics (needs DISPATCHER_DASHBOARD_TOKEN)."""
+    settings = settings_or_exit()
+    if not settings.dashboard_token:
+        fail("DISPATCHER_DASHBOARD_TOKEN is not set: the dashboard will not start without a token "
+             "(every page, API call and /metrics is authenticated with it)")
+    from .dashboard import serve
+
+    with redis_available(settings) as live:
+        rt = install_runtime(live)
+        from .actors import dispatch_ids
+
+        err.print(f"dashboard: http://{host}:{port}/ (sign in with DISPATCHER_DASHBOARD_TOKEN)", highlight=False)
+        serve(rt, dispatch_ids, host=host, port=port)
 
 
 # demo ------------------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""Japanese labels and display formats for the dashboard (operators read Japanese; times are JST)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..clock import JST
+from ..states import Status
+
+#: Display order of delivery states: the way a delivery moves, then the ways it stops.
+STATUS_ORDER: tuple[Status, ...] = (
+    Status.QUEUED, Status.RETRYING, Status.SENDING, Status.SENT, Status.DELIVERED, Status.BOUNCED,
+    Status.COMPLAINED, Status.FAILED, Status.UNKNOWN, Status.EXPIRED, Status.SUPPRESSED, Status.CANCELLED,
+)
+
+STATUS_LABELS: dict[str, str] = {
+    "queued": "送信待ち",
+    "retrying": "再試行待ち",
+    "sending": "送信中",
+    "sent": "送信済み",
+    "delivered": "配達済み",
+    "bounced": "不達（バウンス）",
+    "complained": "迷惑メール報告",
+    "failed": "失敗",
+    "unknown": "結果不明",
+    "expired": "期限切れ",
+    "suppressed": "配信停止",
+    "cancelled": "取消",
+}
+
+CHANNEL_LABELS: dict[str, str] = {"email": "メール", "sms": "SMS"}
+
+CAMPAIGN_STATE_LABELS: dict[str, str] = {"active": "配信中", "paused": "一時停止中", "cancelled": "中止"}
+
+#: Rejection reasons are counted by the CSV field at fault.
+REJECT_FIELD_LABELS: dict[str, str] = {
+    "user_id": "利用者ID",
+    "email": "メールアドレス",
+    "phone": "電話番号",
+    "email/phone": "連絡先なし",
+    "name": "氏名",
+    "row": "行の形式",
+    "receipt_url": "受取URL",
+    "amount": "金額",
+    "category": "区分",
+    "sms": "SMSの長さ",
+}
+
+#: Notices shown after an action (the redirect carries only this key).
+DONE_MESSAGES: dict[str, str] = {
+    "pause": "キャンペーンを一時停止しました。",
+    "resume": "キャンペーンを再開しました。",
+    "cancel": "キャンペーンを中止しました。未送信の配信は取り消されました。",
+    "resend": "再送を受け付けました。",
+}
+
+
+def status_label(status: str) -> str:
+    return STATUS_LABELS.get(status, status)
+
+
+def channel_label(channel: str) -> str:
+    return CHANNEL_LABELS.get(channel, channel)
+
+
+def campaign_state_label(state: str) -> str:
+    return CAMPAIGN_STATE_LABELS.get(state, state)
+
+
+def reject_field_label(field: str) -> str:
+    return REJECT_FIELD_LABELS.get(field, field)
+
+
+def num(value: int | float | None) -> str:
+    """Thousands separators, as every count on the dashboard is shown."""
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{int(value):,}"
+
+
+def jst(value: datetime | str | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(JST).strftime(fmt) + " JST"
+
+
+def percent(part: int, whole: int) -> str:
+    return "—" if whole <= 0 else f"{100 * part / whole:.1f}%"
