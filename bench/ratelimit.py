@@ -15,7 +15,6 @@ import threading
 import time
 
 import redis
-
 from common import machine, max_in_window, redis_url, write_section
 
 PROCESSES, THREADS = 2, 8
@@ -75,7 +74,7 @@ def _dramatiq(cap: float, seconds: float, start_at: float, out: mp.Queue) -> Non
     out.put(times)
 
 
-def measure(target, cap: float, seconds: float) -> tuple[float, int]:  # noqa: ANN001
+def measure(target, cap: float, seconds: float) -> tuple[float, int]:
     queue: mp.Queue = mp.Queue()
     start_at = time.time() + 1.0
     procs = [mp.Process(target=target, args=(cap, seconds, start_at, queue)) for _ in range(PROCESSES)]

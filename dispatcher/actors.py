@@ -64,6 +64,5 @@ def schedule(delivery_id: int, at: object) -> None:
 
 
 def dispatch_ids(ids: list[int]) -> None:
-    """Hand deliveries to the broker, one message each, pipelined."""
-    broker = _ensure_broker()
-    _broker.enqueue_many(broker, [send_delivery.message(delivery_id) for delivery_id in ids])
+    """Hand deliveries to the broker, one message each, in bulk."""
+    _broker.enqueue_ids(_ensure_broker(), send_delivery, ids)

@@ -11,7 +11,7 @@ import unicodedata
 from urllib.parse import urlsplit
 
 import phonenumbers
-from phonenumbers import PhoneNumberType
+from phonenumbers import PhoneNumber, PhoneNumberType
 
 from .privacy import mask_url
 
@@ -50,12 +50,39 @@ def check_email(raw: str) -> tuple[str, str | None]:
 
 
 _MOBILE_PREFIXES = ("70", "80", "90")
+#: The usual writings of a Japanese mobile number (after NFKC, so full-width digits are ASCII here):
+#: 090-1234-5678, 09012345678, 090 1234 5678, +81 90 1234 5678, +81-90-1234-5678, +819012345678.
+#: For these, phonenumbers.parse(value, "JP") always yields country code 81 and the national number
+#: written here (its national prefix "0" stripped), so the parse - the costly part - can be skipped;
+#: validity and type still come from phonenumbers' metadata. Anything else takes the full parse.
+_USUAL_MOBILE = re.compile(r"(?:0|\+81[- ]?)([789]0)[- ]?([0-9]{4})[- ]?([0-9]{4})")
+_TYPE_LABELS = {
+    PhoneNumberType.FIXED_LINE: "a landline",
+    PhoneNumberType.TOLL_FREE: "a toll-free number",
+    PhoneNumberType.VOIP: "an IP phone (050)",
+    PhoneNumberType.PAGER: "a pager number (020)",
+}
+
+
+def _japanese_mobile(national: str, kind: int) -> str:
+    """The E.164 form of a number of Japan's country code, or the reason it cannot take an SMS."""
+    if kind != PhoneNumberType.MOBILE or not national.startswith(_MOBILE_PREFIXES):
+        raise FieldError("phone", f"is {_TYPE_LABELS.get(kind, 'not a 070/080/090 mobile')}, cannot receive SMS")
+    return f"+81{national}"
 
 
 def check_phone(raw: str) -> str:
     """Return the E.164 form of an SMS-capable Japanese mobile number (070/080/090)."""
     value = unicodedata.normalize("NFKC", raw).strip()
     value = value.replace("ー", "-").replace("−", "-")
+    usual = _USUAL_MOBILE.fullmatch(value)
+    if usual is not None:
+        national = "".join(usual.groups())
+        # For country code 81 (one region, JP), phonenumbers' is_valid_number is number_type != UNKNOWN.
+        kind = phonenumbers.number_type(PhoneNumber(country_code=81, national_number=int(national)))
+        if kind == PhoneNumberType.UNKNOWN:
+            raise FieldError("phone", "is not a valid phone number")
+        return _japanese_mobile(national, kind)
     try:
         number = phonenumbers.parse(value, "JP")
     except phonenumbers.NumberParseException:
@@ -64,27 +91,36 @@ def check_phone(raw: str) -> str:
         raise FieldError("phone", "is not a valid phone number")
     if number.country_code != 81:
         raise FieldError("phone", "is not a Japanese number (only Japanese mobiles are supported)")
-    national = str(number.national_number)
-    kind = phonenumbers.number_type(number)
-    if kind != PhoneNumberType.MOBILE or not national.startswith(_MOBILE_PREFIXES):
-        label = {
-            PhoneNumberType.FIXED_LINE: "a landline",
-            PhoneNumberType.TOLL_FREE: "a toll-free number",
-            PhoneNumberType.VOIP: "an IP phone (050)",
-            PhoneNumberType.PAGER: "a pager number (020)",
-        }.get(kind, "not a 070/080/090 mobile")
-        raise FieldError("phone", f"is {label}, cannot receive SMS")
+    _japanese_mobile(str(number.national_number), phonenumbers.number_type(number))
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: An https URL whose authority is a plain host name (no user, password, port or IPv6 brackets).
+_USUAL_URL = re.compile(r"https://([A-Za-z0-9.-]+)([/?#].*)?", re.IGNORECASE | re.DOTALL)
 
 
 def check_receipt_url(raw: str, allowed_hosts: frozenset[str]) -> str:
     value = raw.strip()
     if not value:
         raise FieldError("receipt_url", "is empty")
-    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value) or not value.isascii():
+    # For ASCII text, "a space or a control character" is exactly [\x00-\x20\x7f].
+    if not value.isascii() or _SPACE_OR_CONTROL.search(value):
         raise FieldError("receipt_url", "contains spaces, control or non-ASCII characters")
     if len(value) > 2048:
         raise FieldError("receipt_url", "is longer than 2048 characters")
+    usual = _USUAL_URL.fullmatch(value)
+    if usual is not None:
+        # What urlsplit makes of it: scheme https, the host as written (no user, port or brackets), then the
+        # path up to the first "?" or "#", the query from the first "?" up to the first "#".
+        host = usual.group(1).lower()
+        if host not in allowed_hosts:
+            raise FieldError("receipt_url", f"host '{host}' is not in the campaign's receipt_hosts")
+        path, _, query = (usual.group(2) or "").split("#", 1)[0].partition("?")
+        if path in ("", "/") and not query:
+            raise FieldError("receipt_url", "has no personal path or query (same URL for everyone?)")
+        return value
     try:
         parts = urlsplit(value)
         host = (parts.hostname or "").lower()
@@ -102,9 +138,12 @@ def check_receipt_url(raw: str, allowed_hosts: frozenset[str]) -> str:
     return value
 
 
+_YEN = re.compile(r"\d{1,9}")
+
+
 def check_amount(raw: str) -> int:
     value = unicodedata.normalize("NFKC", raw).strip().replace(",", "").removesuffix("円").strip()
-    if not re.fullmatch(r"\d{1,9}", value):
+    if not _YEN.fullmatch(value):
         raise FieldError("amount", "must be a whole, non-negative number of yen")
     return int(value)
 
@@ -122,6 +161,8 @@ def check_user_id(raw: str) -> str:
         raise FieldError("user_id", "is empty")
     if len(value) > 128:
         raise FieldError("user_id", "is longer than 128 characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+    # ASCII has no format (Cf) characters and its control (Cc) characters are [\x00-\x1f\x7f].
+    if _ASCII_CONTROL.search(value) if value.isascii() else any(
+            unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
         raise FieldError("user_id", "contains control characters")
     return value

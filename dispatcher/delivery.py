@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
 
 from . import clock, sms
 from .errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled
@@ -19,6 +23,7 @@ from .ledger.store import CampaignRecord, Delivery
 from .mime import build_message
 from .privacy import mask_contact
 from .providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
+from .render import Renderer
 from .runtime import Runtime
 from .states import CLAIMABLE, Channel, Status
 
@@ -39,14 +44,22 @@ def backoff(attempt: int, base: float, cap: float) -> float:
 
 
 def deliver(rt: Runtime, delivery_id: int) -> Outcome:
+    # Everything this thread asks the ledger for one delivery goes over one connection (PostgreSQL).
+    with rt.ledger.pinned():
+        return _deliver(rt, delivery_id)
+
+
+def _deliver(rt: Runtime, delivery_id: int) -> Outcome:
     ledger = rt.ledger
-    delivery = ledger.get(delivery_id)
-    if delivery is None:
+    # One read for the delivery, its campaign's state and whether its contact is suppressed.
+    found = ledger.for_send(delivery_id)
+    if found is None:
         log.warning("delivery %s: not in the ledger; message dropped", delivery_id)
         return Outcome(None)
+    delivery, campaign_state, campaign_version, suppressed = found
     if delivery.status not in CLAIMABLE:
         return Outcome(delivery.status)  # a duplicate broker message: already handled
-    record = ledger.campaign(delivery.campaign_id, fresh=True)
+    record = _campaign(rt, delivery.campaign_id, campaign_state, campaign_version)
     if record is None:
         log.error("delivery %s: campaign %s missing from the ledger", delivery_id, delivery.campaign_id)
         return Outcome(None)
@@ -72,15 +85,14 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
             return Outcome(Status.EXPIRED)
         ledger.defer(delivery_id, opening)
         return Outcome(delivery.status, again_at=opening)
-    reason = ledger.is_suppressed(delivery.contact)
-    if reason is not None:
-        ledger.move(delivery_id, Status.SUPPRESSED, actor="worker", detail=f"suppression list: {reason}")
+    if suppressed is not None:
+        ledger.move(delivery_id, Status.SUPPRESSED, actor="worker", detail=f"suppression list: {suppressed}")
         return Outcome(Status.SUPPRESSED)
 
     # Build the provider client now (the first one in a process takes a few hundred ms), not between the
     # rate slot and the call: that gap would push a whole second's sends into the next provider second.
     rt.provider(delivery.channel)
-    claimed = ledger.claim(delivery_id, now=clock.now())
+    claimed = ledger.claim(delivery_id, now=clock.now(), current=delivery)
     if claimed is None:
         return Outcome(None)  # another worker has it
     try:
@@ -91,7 +103,14 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
         return Outcome(Status.FAILED)
     # Take the rate slot last, right before the provider call, so slot time and send time stay close.
     slot = uuid.uuid4().hex
-    wait = rt.limits.acquire(claimed.channel, claimed.contact, cost=getattr(outgoing, "parts", 1), token=slot)
+    try:
+        wait = rt.limits.acquire(claimed.channel, claimed.contact, cost=getattr(outgoing, "parts", 1), token=slot)
+    except Exception:
+        # Redis (rate limits) unreachable: nothing left for the provider, so give the claim back. Left in
+        # `sending`, the sweep would call it `unknown` and nobody would ever send it.
+        ledger.move(delivery_id, Status.RETRYING, actor="worker", expect=[Status.SENDING],
+                    detail="rate limiter unavailable: not attempted", values={"attempts": claimed.attempts - 1})
+        raise
     if wait > 0:
         again = clock.now() + timedelta(seconds=wait)
         ledger.move(delivery_id, Status.RETRYING, actor="worker", expect=[Status.SENDING],
@@ -101,9 +120,97 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
     return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot)
 
 
+class _SendCache:
+    """Per runtime: each campaign's record by the version it was read at, and the renderer for a record."""
+
+    def __init__(self) -> None:
+        self.campaigns: dict[str, tuple[tuple[datetime, str], CampaignRecord]] = {}
+        self.renderers: dict[str, tuple[CampaignRecord, Renderer]] = {}
+
+
+_caches: weakref.WeakKeyDictionary[Runtime, _SendCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def _cache(rt: Runtime) -> _SendCache:
+    with _caches_lock:
+        cache = _caches.get(rt)
+        if cache is None:
+            cache = _caches[rt] = _SendCache()
+        return cache
+
+
+def _campaign(rt: Runtime, campaign_id: str, state: str | None, version: datetime | None) -> CampaignRecord | None:
+    """The campaign as it is now. Its state was just read with the delivery; the definition and templates
+    (a JSON document to parse) are read again only when the row changed: every change to a campaign
+    (saving its definition, pause, resume, cancel) sets its ``updated_at``."""
+    if state is None or version is None:
+        return rt.ledger.campaign(campaign_id, fresh=True)
+    cache = _cache(rt)
+    known = cache.campaigns.get(campaign_id)
+    if known is not None and known[0] == (version, state):
+        return known[1]
+    record = rt.ledger.campaign(campaign_id, fresh=True)
+    if record is not None and record.state == state:
+        cache.campaigns[campaign_id] = ((version, state), record)
+    return record
+
+
+def _renderer(rt: Runtime, record: CampaignRecord) -> Renderer:
+    """``rt.renderer(record)``, without hashing the templates again for a record already seen."""
+    cache = _cache(rt)
+    known = cache.renderers.get(record.campaign.id)
+    if known is not None and known[0] is record:
+        return known[1]
+    renderer = rt.renderer(record)
+    cache.renderers[record.campaign.id] = (record, renderer)
+    return renderer
+
+
+#: Header objects whose folding is kept, by (class, value): the e-mail package folds every header again
+#: each time a message is serialised, and folding a Japanese display name (RFC 2047 encoded words) costs
+#: milliseconds: the sender and, with these templates, the subject are the same in every message.
+_folded_headers: dict[tuple[tuple[type, ...], str], Any] = {}
+_FOLDED_HEADERS_MAX = 256
+_fold_once_classes: dict[type, type] = {}
+_FOLD_ONCE_HEADERS = ("From", "Subject")
+
+
+def _fold_once_class(cls: type) -> type:
+    sub = _fold_once_classes.get(cls)
+    if sub is None:
+        def fold(self: Any, *, policy: Any) -> str:
+            # Folding depends on the header (its parse tree comes from its value) and the policy only.
+            done = self.__dict__.setdefault("_dispatcher_folds", {})
+            hit = done.get(id(policy))
+            if hit is None or hit[0] is not policy:
+                hit = done[id(policy)] = (policy, cls.fold(self, policy=policy))
+            return hit[1]
+
+        sub = _fold_once_classes[cls] = type(cls.__name__, (cls,), {"fold": fold})
+    return sub
+
+
+def fold_once(message: EmailMessage) -> None:
+    """Give ``message`` header objects that fold once for all messages (same class, value, parse tree)."""
+    for name in _FOLD_ONCE_HEADERS:
+        header = message.get(name)
+        if header is None or not hasattr(header, "fold") or not hasattr(header, "__dict__"):
+            continue
+        # The registry makes a new class for every header it parses; its bases say what kind of header it is.
+        key = (type(header).__bases__, str(header))
+        shared = _folded_headers.get(key)
+        if shared is None:
+            if len(_folded_headers) >= _FOLDED_HEADERS_MAX:
+                continue  # values that change per message: nothing to share
+            header.__class__ = _fold_once_class(type(header))
+            shared = _folded_headers.setdefault(key, header)
+        message.replace_header(name, shared)
+
+
 def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> Outgoing:
     """The message for a claimed delivery; its reference names the delivery and this attempt."""
-    renderer = rt.renderer(record)
+    renderer = _renderer(rt, record)
     reference = f"{delivery.id}.{delivery.attempts}"
     if delivery.channel is Channel.EMAIL:
         email = renderer.email(delivery.fields, delivery.receipt_url)
@@ -111,6 +218,7 @@ def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> O
             email, to=delivery.contact, sender=rt.settings.email_sender,
             sender_name=rt.settings.email_sender_name, delivery_ref=reference, sent_at=clock.now(),
         )
+        fold_once(message)
         return OutgoingEmail(reference, delivery.campaign_id, delivery.contact, message)
     text = renderer.sms(delivery.fields, delivery.receipt_url)
     return OutgoingSms(reference, delivery.campaign_id, delivery.contact, text, sms.parts(text),
@@ -155,12 +263,13 @@ def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: d
     if isinstance(outgoing, OutgoingSms):
         values["sms_parts"] = outgoing.parts
     moved = ledger.move(delivery.id, Status.SENT, actor="worker", values=values, now=now,
-                        detail=f"accepted by {provider.name}")
+                        detail=f"accepted by {provider.name}", current=delivery)
     if moved is None:
         # Someone settled it first (an operator, the sweep); keep their verdict, note the message id.
         ledger.note_message_id(delivery.id, provider.name, result.message_id)
-    # Events that arrived before we could record the send are applied now.
-    apply_pending(ledger, result.message_id, rt.breaker)
+    # Events that arrived before we could record the send are applied now (looked for after the commit).
+    if ledger.events_waiting(result.message_id):
+        apply_pending(ledger, result.message_id, rt.breaker)
     rt.breaker.record_success(delivery.campaign_id)
     log.info("%s: sent via %s", who, provider.name)
     return Outcome(Status.SENT)

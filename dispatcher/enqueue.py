@@ -8,6 +8,8 @@ user_id) and only the newly inserted ones are handed to the broker.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from .states import Channel
 
 log = logging.getLogger(__name__)
 
-BATCH = 2000
+BATCH = 5000
 #: Keep at most this many rejects in the returned result (all of them always go to the rejects file).
 REJECTS_IN_RESULT = 100_000
 
@@ -80,12 +82,10 @@ class _Checker:
             raise FieldError("user_id", f"duplicate of row {first}")
         parts = 0
         if accepted.channel is Channel.SMS:
-            text = self.renderer.sms(accepted.fields, accepted.receipt_url)
-            units = sms.length(text)
+            units, parts = sms.measure(self.renderer.sms(accepted.fields, accepted.receipt_url))
             if units > self.campaign.sms_max_chars:
                 raise FieldError("sms", f"rendered message is {units} characters, the campaign allows "
                                         f"{self.campaign.sms_max_chars}")
-            parts = sms.parts(text)
             self.sms_max_units = max(self.sms_max_units, units)
         elif self.thorough or not self._email_checked:
             # Every row has the same columns, so one render proves the e-mail templates for all.
@@ -101,6 +101,56 @@ def _ledger_row(a: Accepted, parts: int) -> dict[str, Any]:
         "email": a.email, "phone": a.phone, "flags": ",".join(a.flags), "receipt_url": a.receipt_url,
         "fields": a.fields, "sms_parts": parts or None,
     }
+
+
+class _Writer:
+    """Writes accepted rows to the ledger and hands the new ones to the broker, on a thread of its own.
+
+    Reading and validating the next rows (Python) overlaps the database and Redis working on the previous
+    batch. Batches are written one at a time, in order, exactly as they were filled; at most ``depth`` wait,
+    so memory stays bounded. The first error stops the writing and is raised in the caller's thread.
+    """
+
+    def __init__(self, ledger: Ledger, campaign_id: str, dispatch: Dispatch | None, result: EnqueueResult,
+                 depth: int = 2) -> None:
+        self.ledger = ledger
+        self.campaign_id = campaign_id
+        self.dispatch = dispatch
+        self.result = result
+        self.error: BaseException | None = None
+        self._raised = False
+        self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="enqueue-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain what is queued; nothing more is written after a failure
+            try:
+                new_ids = self.ledger.add_deliveries(self.campaign_id, batch)
+                self.result.already_present += len(batch) - len(new_ids)
+                if new_ids and self.dispatch is not None:
+                    self.dispatch(new_ids)
+            except BaseException as exc:  # handed to the caller's thread
+                self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None and not self._raised:
+            self._raised = True
+            raise self.error
+
+    def submit(self, batch: list[dict[str, Any]]) -> None:
+        self._raise()
+        self._queue.put(batch)
+
+    def close(self, *, raise_error: bool = True) -> None:
+        """Wait until everything submitted is written (or failed)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_error:
+            self._raise()
 
 
 def enqueue_campaign(
@@ -155,17 +205,13 @@ def enqueue_campaign(
 
     writer: SafeCsvWriter | None = None
     batch: list[dict[str, Any]] = []
+    ledger_writer = None if dry_run or ledger is None else _Writer(ledger, campaign.id, dispatch, result)
 
     def flush() -> None:
-        if not batch or dry_run:
-            batch.clear()
-            return
-        assert ledger is not None
-        new_ids = ledger.add_deliveries(campaign.id, batch)
-        result.already_present += len(batch) - len(new_ids)
-        if new_ids and dispatch is not None:
-            dispatch(new_ids)
-        batch.clear()
+        nonlocal batch
+        if batch and ledger_writer is not None:
+            ledger_writer.submit(batch)
+        batch = []
 
     try:
         for row, values, problem in records:
@@ -201,6 +247,8 @@ def enqueue_campaign(
             if progress is not None and source is not None and result.rows % 1000 == 0:
                 progress(source.bytes_read)
         flush()
+        if ledger_writer is not None:
+            ledger_writer.close()
         if ledger is not None and not dry_run:
             ledger.record_import(
                 campaign.id, str(recipients) if source is not None else "<rows from a script>", rows=result.rows,
@@ -208,6 +256,8 @@ def enqueue_campaign(
                 rejects_path=str(rejects_file) if rejects_file else None, reasons=result.reasons,
             )
     finally:
+        if ledger_writer is not None:
+            ledger_writer.close(raise_error=False)  # after an error here: let what was submitted finish
         if writer is None and rejects_file is not None and source is not None and source.header:
             writer = SafeCsvWriter(rejects_file, [*source.header, "row", "reason"])
         if writer is not None:

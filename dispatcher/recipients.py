@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,26 +75,11 @@ def detect_encoding(head: bytes) -> str:
         return "cp932"
 
 
-class _CountingReader(io.RawIOBase):
-    """Counts bytes read, for a progress bar over a stream."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.raw.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.count += n
-        return n
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes the decoder could not read (surrogateescape)
 
 
 def _has_undecodable(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
+    return _UNDECODABLE.search(value) is not None
 
 
 class RecipientFile:
@@ -102,21 +88,25 @@ class RecipientFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.size = path.stat().st_size
-        self._counter: _CountingReader | None = None
+        self._raw: BinaryIO | None = None
+        self._read_at_close = 0
         self.encoding = "utf-8"
         self.header: list[str] = []
 
     @property
     def bytes_read(self) -> int:
-        return self._counter.count if self._counter else 0
+        """Bytes taken from the file so far, for a progress bar (the file position of the unbuffered file)."""
+        if self._raw is None:
+            return 0
+        return self._read_at_close if self._raw.closed else self._raw.tell()
 
     def records(self) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
         """Yield ``(row, values, problem)``; ``values`` is None when the record itself is broken."""
-        with self.path.open("rb") as raw:
+        with self.path.open("rb", buffering=0) as raw:
             self.encoding = detect_encoding(raw.read(SNIFF_BYTES))
             raw.seek(0)
-            self._counter = _CountingReader(raw)
-            buffered = io.BufferedReader(self._counter, buffer_size=1 << 16)
+            self._raw = raw
+            buffered = io.BufferedReader(raw, buffer_size=1 << 20)
             text = io.TextIOWrapper(buffered, encoding=self.encoding, errors="surrogateescape", newline="")
             reader = csv.reader(text)
             try:
@@ -127,24 +117,28 @@ class RecipientFile:
                 raise InputError(f"{self.path}: header row is not valid CSV: {exc}") from None
             self.header = [h.strip().lower().lstrip("\ufeff") for h in header]
             check_header(self.header, str(self.path))
+            width = len(self.header)
             row = 1
-            while True:
-                row += 1
-                try:
-                    values = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    yield row, None, f"csv: {exc}"
-                    continue
-                if not values or all(not v.strip() for v in values):
-                    continue  # blank lines are not people
-                if len(values) != len(self.header):
-                    yield row, dict(zip(self.header, values, strict=False)), (
-                        f"row has {len(values)} fields, the header has {len(self.header)}"
-                    )
-                    continue
-                yield row, dict(zip(self.header, values, strict=True)), None
+            try:
+                while True:
+                    row += 1
+                    try:
+                        values = next(reader)
+                    except StopIteration:
+                        return
+                    except csv.Error as exc:
+                        yield row, None, f"csv: {exc}"
+                        continue
+                    if not values or not "".join(values).strip():
+                        continue  # blank lines are not people
+                    if len(values) != width:
+                        yield row, dict(zip(self.header, values, strict=False)), (
+                            f"row has {len(values)} fields, the header has {width}"
+                        )
+                        continue
+                    yield row, dict(zip(self.header, values, strict=True)), None
+            finally:
+                self._read_at_close = raw.tell()
 
 
 def check_header(header: list[str], where: str) -> None:
@@ -163,11 +157,13 @@ def check_header(header: list[str], where: str) -> None:
 
 def validate_row(row: int, values: dict[str, str], campaign: Campaign) -> Accepted:
     """Check one record; raise FieldError naming the first field at fault."""
-    for key, value in values.items():
-        if _has_undecodable(value):
-            raise FieldError(key, "has bytes that are not valid text in the file's encoding")
-        if len(value) > MAX_FIELD:
-            raise FieldError(key, f"is longer than {MAX_FIELD} characters")
+    whole = "".join(values.values())  # one scan for the usual row; the field at fault is looked for if any
+    if len(whole) > MAX_FIELD or _has_undecodable(whole):
+        for key, value in values.items():
+            if _has_undecodable(value):
+                raise FieldError(key, "has bytes that are not valid text in the file's encoding")
+            if len(value) > MAX_FIELD:
+                raise FieldError(key, f"is longer than {MAX_FIELD} characters")
     user_id = check_user_id(values.get("user_id", ""))
     email_raw = (values.get("email") or "").strip()
     phone_raw = (values.get("phone") or "").strip()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import meta, nodes
 
 from .campaign import Campaign
 from .clock import JST
@@ -25,6 +26,13 @@ TEMPLATE_FILES = (EMAIL_SUBJECT, EMAIL_TEXT, EMAIL_HTML, SMS_TEXT)
 REQUIRED_FILES = (EMAIL_SUBJECT, EMAIL_TEXT, SMS_TEXT)
 
 _WEEKDAYS = "月火水木金土日"
+#: Context names whose values are the same for every recipient of a campaign.
+_PER_CAMPAIGN = frozenset({"deadline", "campaign", "text", "sender"})
+#: Template constructs that could make the output depend on the receipt URL other than by printing it as is
+#: (or depend on something else per render: macros and calls, includes, filter blocks, assignments).
+_NOT_FRAMEABLE = (nodes.Call, nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.Include, nodes.Extends,
+                  nodes.Import, nodes.FromImport, nodes.Assign, nodes.AssignBlock, nodes.With, nodes.Scope,
+                  nodes.OverlayScope, nodes.EvalContextModifier, nodes.ScopedEvalContextModifier)
 
 
 def jp_date(value: datetime) -> str:
@@ -96,6 +104,38 @@ class Renderer:
             self._sms = self.env.get_template(SMS_TEXT)
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(f"template {exc.name}, line {exc.lineno}: {exc.message}") from None
+        self._sms_frame = self._frame(sources[SMS_TEXT])
+
+    def _frame(self, source: str) -> tuple[str, ...] | None:
+        """The SMS text around the receipt URL, when it is the same for every recipient of the campaign.
+
+        That holds when the template uses nothing per recipient but the URL, and the URL only as a bare
+        ``{{ receipt_url }}`` (no filter, test, condition or loop on it, no macro or include around it), in a
+        template that is not autoescaped. Then ``render(url) == url.join(frame)`` exactly, and an SMS costs
+        a string join instead of a Jinja render (the enqueue-time length check runs once per row). The frame
+        is taken from two renders with different sentinels, which must agree. None: render every time.
+        """
+        try:
+            tree = self.env.parse(source)
+        except jinja2.TemplateSyntaxError:
+            return None
+        if not meta.find_undeclared_variables(tree) <= _PER_CAMPAIGN | {"receipt_url"}:
+            return None
+        if any(True for _ in tree.find_all(_NOT_FRAMEABLE)):
+            return None
+        if any(f.name == "random" for f in tree.find_all(nodes.Filter)):
+            return None
+        printed = {id(n) for out in tree.find_all(nodes.Output) for n in out.nodes
+                   if isinstance(n, nodes.Name) and n.name == "receipt_url"}
+        if any(id(n) not in printed or n.ctx != "load" for n in tree.find_all(nodes.Name) if n.name == "receipt_url"):
+            return None
+        frames = []
+        for sentinel in ("\x00<URL&1\"'>\x00", "\x00<URL&2\"'>\x00"):
+            try:
+                frames.append(tuple(self._sms.render(self.context({}, sentinel)).split(sentinel)))
+            except Exception:  # a per-campaign value is missing: every render will say so, keep rendering
+                return None
+        return frames[0] if frames[0] == frames[1] else None
 
     def context(self, fields: dict[str, Any], receipt_url: str) -> dict[str, Any]:
         return {
@@ -126,4 +166,6 @@ class Renderer:
         return Email(subject=subject, text=text, html=html)
 
     def sms(self, fields: dict[str, Any], receipt_url: str) -> str:
+        if self._sms_frame is not None and type(receipt_url) is str:
+            return receipt_url.join(self._sms_frame).strip()
         return self._render(self._sms, self.context(fields, receipt_url)).strip()

@@ -20,18 +20,20 @@ def is_gsm7(text: str) -> bool:
     return all(ch in _GSM7_BASIC or ch in _GSM7_EXT for ch in text)
 
 
+def measure(text: str) -> tuple[int, int]:
+    """``(length(text), parts(text))``, deciding the alphabet once."""
+    if is_gsm7(text):
+        n = sum(2 if ch in _GSM7_EXT else 1 for ch in text)
+        return n, 1 if n <= 160 else math.ceil(n / 153)
+    n = utf16_units(text)
+    return n, 1 if n <= 70 else math.ceil(n / 67)
+
+
 def length(text: str) -> int:
     """Length in the units the carrier counts (septets for GSM-7, UTF-16 units otherwise)."""
-    if is_gsm7(text):
-        return sum(2 if ch in _GSM7_EXT else 1 for ch in text)
-    return utf16_units(text)
+    return measure(text)[0]
 
 
 def parts(text: str) -> int:
     """Number of message parts the text is split into (what SMS pricing and rate limits count)."""
-    if is_gsm7(text):
-        single, multi = 160, 153
-    else:
-        single, multi = 70, 67
-    n = length(text)
-    return 1 if n <= single else math.ceil(n / multi)
+    return measure(text)[1]

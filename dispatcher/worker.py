@@ -43,10 +43,12 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
             break
         try:
             if crashed.is_set():
-                # A dead process's prefetched messages stay hidden until Dramatiq's maintenance finds them:
-                # hand every due delivery over again now (the atomic claim makes duplicates harmless).
+                # Sweep at once, but hand over only what the broker cannot still hold: re-enqueueing every due
+                # delivery after each crash put one more copy of all remaining work into Redis per crash
+                # (190,000 messages for 20,000 deliveries after 10 kills). A dead process's own prefetched
+                # messages come back through Dramatiq's maintenance once its heartbeat is stale.
                 crashed.clear()
-                sweep(rt, dispatch_ids, everything=True)
+                sweep(rt, dispatch_ids, everything=False, queue_empty=_broker.queue_depth(broker) == 0)
                 continue
             # One periodic sweeper at a time across every host.
             if not client.set(_broker.keys.sweep_lock(), os.getpid(), nx=True, px=max(1, int(every * 900))):

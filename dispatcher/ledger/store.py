@@ -7,18 +7,21 @@ never both win, and a move the state table forbids is refused, not applied.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, event, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.sql.elements import ClauseElement
 
 from .. import clock
 from ..campaign import Campaign, campaign_to_dict, parse_campaign
@@ -41,6 +44,80 @@ from .schema import (
 log = logging.getLogger(__name__)
 
 COUNT_SHARDS = 16
+
+# New deliveries on PostgreSQL: the batch is copied (COPY) into a session-private staging table, then one
+# statement inserts what is new (the conflict rule keeps the first row of each campaign + user) and writes
+# the audit rows from what was really inserted.
+_PG_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS dispatcher_new_deliveries (n int, user_id text, row_no int, channel text, "
+    "contact text, email text, phone text, flags text, receipt_url text, fields text, sms_parts int) "
+    "ON COMMIT DELETE ROWS"
+)
+_PG_COPY = ("COPY dispatcher_new_deliveries (n, user_id, row_no, channel, contact, email, phone, flags, receipt_url, "
+            "fields, sms_parts) FROM STDIN")
+_PG_ADD_DELIVERIES = """
+WITH new AS (
+  INSERT INTO deliveries (campaign_id, user_id, row_no, channel, contact, email, phone, flags, receipt_url, fields,
+                          sms_parts, status, attempts, attempts_base, created_at, updated_at, dispatched_at)
+  SELECT %(campaign)s, r.user_id, r.row_no, r.channel, r.contact, r.email, r.phone, r.flags, r.receipt_url,
+         r.fields::json, r.sms_parts, %(queued)s, 0, 0, %(now)s, %(now)s, %(now)s
+  FROM dispatcher_new_deliveries r
+  ORDER BY r.n
+  ON CONFLICT (campaign_id, user_id) DO NOTHING
+  RETURNING id, channel
+), trail AS (
+  INSERT INTO transitions (delivery_id, campaign_id, at, from_status, to_status, attempt, actor)
+  SELECT id, %(campaign)s, %(now)s, NULL, %(queued)s, 0, %(actor)s FROM new
+)
+SELECT id, channel FROM new
+"""
+_SQLITE_ADD_DELIVERY = (
+    "INSERT INTO deliveries (campaign_id, user_id, row_no, channel, contact, email, phone, flags, receipt_url, fields, "
+    "sms_parts, status, attempts, attempts_base, created_at, updated_at, dispatched_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?) ON CONFLICT (campaign_id, user_id) DO NOTHING"
+)
+# Statements of the send path, built once.
+_GET = select(deliveries).where(deliveries.c.id == bindparam("id"))
+_FOR_SEND = (
+    select(deliveries, campaigns.c.state.label("campaign_state"), campaigns.c.updated_at.label("campaign_updated_at"),
+           suppressions.c.reason.label("suppressed"))
+    .select_from(deliveries.outerjoin(campaigns, campaigns.c.id == deliveries.c.campaign_id)
+                 .outerjoin(suppressions, suppressions.c.contact == deliveries.c.contact))
+    .where(deliveries.c.id == bindparam("id"))
+)
+_EVENTS_WAITING = (select(provider_events.c.id)
+                   .where(provider_events.c.applied == 0, provider_events.c.message_id == bindparam("message_id"))
+                   .limit(1))
+_TRANSITION = transitions.insert()
+#: A move leaves one (channel, status) counter for another, in one statement (PostgreSQL and SQLite).
+_BUMP_MOVE = text(
+    "INSERT INTO delivery_counts (campaign_id, channel, status, shard, n) "
+    "VALUES (:campaign_id, :from_channel, :from_status, :from_shard, -1), "
+    "(:campaign_id, :to_channel, :to_status, :to_shard, 1) "
+    "ON CONFLICT (campaign_id, channel, status, shard) DO UPDATE SET n = delivery_counts.n + excluded.n"
+)
+_SQLITE_ADD_TRAIL = (
+    "INSERT INTO transitions (delivery_id, campaign_id, at, from_status, to_status, attempt, actor) "
+    "SELECT id, ?1, ?2, NULL, ?3, 0, ?4 FROM deliveries WHERE id > ?5 ORDER BY id"
+)
+
+
+def _json_dumps(value: Any) -> str:
+    """``json.dumps(value)``; a flat object of text and whole numbers (a delivery's fields) without the
+    encoder's per-call set-up, which costs more than the encoding itself."""
+    if type(value) is dict:
+        items = []
+        for key, item in value.items():
+            if type(key) is not str:
+                return json.dumps(value)
+            if type(item) is str:
+                items.append(f"{_json_str(key)}: {_json_str(item)}")
+            elif type(item) is int:
+                items.append(f"{_json_str(key)}: {int.__repr__(item)}")
+            else:
+                return json.dumps(value)
+        return "{" + ", ".join(items) + "}"
+    return json.dumps(value)
 
 
 @dataclass(frozen=True)
@@ -132,6 +209,10 @@ class Ledger:
         self._writer = _engine(url, immediate=True) if self.dialect == "sqlite" else self._reader
         self._campaign_cache: dict[str, CampaignRecord] = {}
         self._cache_lock = threading.Lock()
+        self._move_statements: dict[tuple[Any, ...], Any] = {}
+        self._pinned = threading.local()
+        self._provider_message_insert = self._insert(provider_messages).on_conflict_do_nothing(
+            index_elements=[provider_messages.c.message_id])
         self.migrate()
 
     # Plumbing ----------------------------------------------------------------------------------
@@ -241,14 +322,78 @@ class Ledger:
         return result.rowcount == 1
 
     # Deliveries --------------------------------------------------------------------------------
+    #: The columns a new delivery row may carry (what ``enqueue`` gives); anything else takes the generic path.
+    _NEW_COLUMNS = ("user_id", "row_no", "channel", "contact", "email", "phone", "flags", "receipt_url", "fields",
+                    "sms_parts")
+
     def add_deliveries(self, campaign_id: str, rows: Sequence[dict[str, Any]], actor: str = "enqueue") -> list[int]:
         """Insert new deliveries; rows whose user is already in the campaign are skipped.
 
-        Returns the ids of the rows actually inserted (idempotent per campaign + user_id).
+        Returns the ids of the rows actually inserted, in row order (idempotent per campaign + user_id).
+        Each new delivery gets its ``queued`` audit row and its counter in the same transaction. The batch
+        goes over as one statement per table (PostgreSQL: arrays through ``unnest``; SQLite: the driver's
+        ``executemany``) rather than one bound row at a time.
         """
         if not rows:
             return []
         now = clock.now()
+        known = set(self._NEW_COLUMNS)
+        with self.write() as conn:
+            if any(not known.issuperset(row) for row in rows):
+                inserted = self._add_rows_generic(conn, campaign_id, rows, now, actor)
+            elif self.dialect == "postgresql":
+                inserted = self._add_rows_postgresql(conn, campaign_id, rows, now, actor)
+            else:
+                inserted = self._add_rows_sqlite(conn, campaign_id, rows, now, actor)
+            by_channel: dict[str, int] = {}
+            for _, channel in inserted:
+                by_channel[channel] = by_channel.get(channel, 0) + 1
+            for channel, n in by_channel.items():
+                self._bump(conn, campaign_id, channel, Status.QUEUED.value, n)
+        return sorted(i for i, _ in inserted)
+
+    def _add_rows_postgresql(self, conn: Connection, campaign_id: str, rows: Sequence[dict[str, Any]],
+                             now: datetime, actor: str) -> list[tuple[int, str]]:
+        dumps = conn.dialect._json_serializer or _json_dumps  # type: ignore[attr-defined]
+        conn.exec_driver_sql(_PG_STAGE)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(_PG_COPY) as copy:
+                for n, r in enumerate(rows):
+                    copy.write_row((n, r["user_id"], r["row_no"], r["channel"], r["contact"], r.get("email"),
+                                    r.get("phone"), r.get("flags") or "", r["receipt_url"], dumps(r["fields"]),
+                                    r.get("sms_parts")))
+        finally:
+            cursor.close()
+        result = conn.exec_driver_sql(_PG_ADD_DELIVERIES, {
+            "campaign": campaign_id, "now": now.astimezone(UTC).replace(tzinfo=None), "actor": actor,
+            "queued": Status.QUEUED.value,
+        })
+        return [(int(i), str(ch)) for i, ch in result]
+
+    def _add_rows_sqlite(self, conn: Connection, campaign_id: str, rows: Sequence[dict[str, Any]],
+                         now: datetime, actor: str) -> list[tuple[int, str]]:
+        # The write transaction holds SQLite's only write lock, so the rows inserted now are exactly those
+        # with an id above the largest one before (rowids grow from the largest existing one).
+        stamp = deliveries.c.created_at.type.bind_processor(conn.dialect)(now)
+        to_json = deliveries.c.fields.type.bind_processor(conn.dialect)
+        before = conn.execute(select(func.coalesce(func.max(deliveries.c.id), 0))).scalar_one()
+        cursor = conn.connection.cursor()
+        try:
+            cursor.executemany(_SQLITE_ADD_DELIVERY, [
+                (campaign_id, r["user_id"], r["row_no"], r["channel"], r["contact"], r.get("email"), r.get("phone"),
+                 r.get("flags") or "", r["receipt_url"], to_json(r["fields"]), r.get("sms_parts"), Status.QUEUED.value,
+                 stamp, stamp, stamp)
+                for r in rows
+            ])
+            cursor.execute(_SQLITE_ADD_TRAIL, (campaign_id, stamp, Status.QUEUED.value, actor, before))
+            cursor.execute("SELECT id, channel FROM deliveries WHERE id > ? ORDER BY id", (before,))
+            return [(int(i), str(ch)) for i, ch in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def _add_rows_generic(self, conn: Connection, campaign_id: str, rows: Sequence[dict[str, Any]],
+                          now: datetime, actor: str) -> list[tuple[int, str]]:
         values = [
             {**row, "campaign_id": campaign_id, "status": Status.QUEUED.value, "attempts": 0, "attempts_base": 0,
              "created_at": now, "updated_at": now, "dispatched_at": now}
@@ -257,25 +402,128 @@ class Ledger:
         stmt = (
             self._insert(deliveries)
             .on_conflict_do_nothing(index_elements=[deliveries.c.campaign_id, deliveries.c.user_id])
-            .returning(deliveries.c.id)
+            .returning(deliveries.c.id, deliveries.c.channel)
         )
-        with self.write() as conn:
-            inserted = list(conn.execute(stmt.returning(deliveries.c.channel), values))
-            new_ids = [r[0] for r in inserted]
-            for channel in {r[1] for r in inserted}:
-                self._bump(conn, campaign_id, channel, Status.QUEUED.value, sum(1 for r in inserted if r[1] == channel))
-            if new_ids:
-                conn.execute(
-                    transitions.insert(),
-                    [{"delivery_id": i, "campaign_id": campaign_id, "at": now, "from_status": None,
-                      "to_status": Status.QUEUED.value, "attempt": 0, "actor": actor} for i in new_ids],
-                )
-        return new_ids
+        inserted = [(r[0], r[1]) for r in conn.execute(stmt, values)]
+        if inserted:
+            conn.execute(
+                transitions.insert(),
+                [{"delivery_id": i, "campaign_id": campaign_id, "at": now, "from_status": None,
+                  "to_status": Status.QUEUED.value, "attempt": 0, "actor": actor} for i, _ in inserted],
+            )
+        return inserted
 
     def get(self, delivery_id: int) -> Delivery | None:
-        with self.read() as conn:
-            row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).first()
+        with self._one_statement() as conn:
+            row = conn.execute(_GET, {"id": delivery_id}).first()
         return None if row is None else Delivery.from_row(row)
+
+    @contextmanager
+    def _one_statement(self) -> Iterator[Connection]:
+        """A connection for one statement. On PostgreSQL it runs outside an explicit transaction (a statement
+        is atomic and sees one snapshot by itself), which spares the BEGIN and COMMIT/ROLLBACK round trips."""
+        pinned = getattr(self._pinned, "conn", None)
+        if pinned is not None:
+            yield pinned
+            return
+        with self._reader.connect() as conn:
+            if self.dialect == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """On PostgreSQL, this thread's single-statement work (reads, moves) shares one connection until the
+        block ends: one checkout and liveness ping instead of one per statement. Elsewhere: nothing."""
+        if self.dialect != "postgresql" or getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self._writer.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._pinned.conn = conn
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
+
+    def for_send(self, delivery_id: int) -> tuple[Delivery, str | None, datetime | None, str | None] | None:
+        """What a worker reads before it may claim, in one query: the delivery, its campaign's ``state`` and
+        ``updated_at`` (both None when the campaign is missing) and the suppression reason for its contact."""
+        with self._one_statement() as conn:
+            row = conn.execute(_FOR_SEND, {"id": delivery_id}).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return Delivery.from_row(row), m["campaign_state"], m["campaign_updated_at"], m["suppressed"]
+
+    def events_waiting(self, message_id: str) -> bool:
+        """Whether an event for this message id waits for its send to be recorded (see feedback.apply)."""
+        with self._one_statement() as conn:
+            return conn.execute(_EVENTS_WAITING, {"message_id": message_id}).first() is not None
+
+    @staticmethod
+    def _build_move(new_values: dict[str, Any], *, claim: bool, exact: bool) -> Any:
+        """The compare-and-set UPDATE ... RETURNING of a move."""
+        conditions = [deliveries.c.id == bindparam("_id"), deliveries.c.status == bindparam("_from")]
+        if exact:
+            conditions += [deliveries.c.attempts == bindparam("_attempts"),
+                           deliveries.c.channel == bindparam("_channel")]
+        if claim:
+            new_values = {**new_values, "attempts": deliveries.c.attempts + 1}
+            conditions.append(or_(deliveries.c.not_before.is_(None),
+                                  deliveries.c.not_before <= bindparam("_now", type_=deliveries.c.not_before.type)))
+        return update(deliveries).where(and_(*conditions)).values(new_values).returning(deliveries)
+
+    def _move_statement(self, keys: tuple[str, ...], *, claim: bool, exact: bool) -> Any:
+        """The statement for one shape of move, built once (building and hashing a statement costs more than
+        running it); the values are bound as ``v_<column>``."""
+        shape = (keys, claim, exact)
+        stmt = self._move_statements.get(shape)
+        if stmt is None:
+            stmt = self._build_move({k: bindparam(f"v_{k}", type_=deliveries.c[k].type) for k in keys},
+                                    claim=claim, exact=exact)
+            with self._cache_lock:
+                self._move_statements[shape] = stmt
+        return stmt
+
+    def _pg_move_statement(self, keys: tuple[str, ...], *, claim: bool, exact: bool, message: bool) -> Any:
+        """PostgreSQL: the compare-and-set, the provider message id, the counters and the audit row of a move
+        as one statement (built once per shape)."""
+        shape = ("pg", keys, claim, exact, message)
+        stmt = self._move_statements.get(shape)
+        if stmt is not None:
+            return stmt
+        sets = [f"{k} = :v_{k}" for k in keys] + (["attempts = deliveries.attempts + 1"] if claim else [])
+        where = ["deliveries.id = :_id", "deliveries.status = :_from"]
+        if exact:
+            where += ["deliveries.attempts = :_attempts", "deliveries.channel = :_channel"]
+        if claim:
+            where.append("(deliveries.not_before IS NULL OR deliveries.not_before <= :_now)")
+        sql = [f"WITH moved AS (UPDATE deliveries SET {', '.join(sets)} WHERE {' AND '.join(where)} "
+               "RETURNING deliveries.*)"]
+        if message:
+            sql.append(", message AS (INSERT INTO provider_messages (message_id, delivery_id, attempt, channel, "
+                       "provider, sent_at) SELECT :message_id, id, :attempt, :to_channel, :provider, :at FROM moved "
+                       "ON CONFLICT (message_id) DO NOTHING)")
+        sql.append(", counted AS (INSERT INTO delivery_counts (campaign_id, channel, status, shard, n) "
+                   "SELECT campaign_id, CAST(:from_channel AS text), CAST(:_from AS text), "
+                   "CAST(:from_shard AS integer), -1 FROM moved UNION ALL "
+                   "SELECT campaign_id, CAST(:to_channel AS text), CAST(:to_status AS text), "
+                   "CAST(:to_shard AS integer), 1 FROM moved "
+                   "ON CONFLICT (campaign_id, channel, status, shard) "
+                   "DO UPDATE SET n = delivery_counts.n + excluded.n)")
+        sql.append(", trail AS (INSERT INTO transitions (delivery_id, campaign_id, at, from_status, to_status, "
+                   "attempt, provider_code, detail, actor) SELECT id, campaign_id, :at, :_from, :to_status, "
+                   ":attempt, :provider_code, :detail, :actor FROM moved)")
+        sql.append(" SELECT * FROM moved")
+        typed = [bindparam(f"v_{k}", type_=deliveries.c[k].type) for k in keys]
+        typed.append(bindparam("at", type_=transitions.c.at.type))
+        if claim:
+            typed.append(bindparam("_now", type_=deliveries.c.not_before.type))
+        stmt = text("".join(sql)).bindparams(*typed).columns(*deliveries.c)
+        with self._cache_lock:
+            self._move_statements[shape] = stmt
+        return stmt
 
     def move(
         self,
@@ -288,59 +536,97 @@ class Ledger:
         provider_code: str | None = None,
         now: datetime | None = None,
         values: dict[str, Any] | None = None,
+        current: Delivery | None = None,
         _claim: bool = False,
     ) -> Delivery | None:
         """Move a delivery to ``to`` if the state table allows it from its current state.
 
         ``expect`` narrows the states it may come from. Returns the delivery after the move, or None when
         it was not in a state this move may start from (someone else moved it first: not an error).
+        ``current`` is the delivery as the caller last read (or moved) it, which spares reading it again:
+        the compare-and-set then also requires its attempt count and channel, and when the row is no longer
+        like that the move reads it and decides as if it had not been given.
         """
         allowed = sources_of(to)
         if expect is not None:
             allowed = allowed & frozenset(expect)
         now = now or clock.now()
-        for _ in range(5):
-            current = self.get(delivery_id)
-            if current is None:
-                raise IllegalTransition(f"delivery {delivery_id} does not exist")
-            if current.status not in allowed:
-                return None
+        new_values: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
+        if provider_code is not None:
+            new_values["provider_code"] = provider_code
+        if _claim:
+            new_values.pop("attempts", None)  # the claim counts the attempt itself
+        # Plain values of known columns go through a prepared shape; anything else is built for this call.
+        plain = all(k in deliveries.c and not isinstance(v, ClauseElement) for k, v in new_values.items())
+        keys = tuple(sorted(new_values)) if plain else None
+        params = {f"v_{k}": v for k, v in new_values.items()} if plain else {}
+        hint = current if current is not None and current.id == delivery_id and current.status in allowed else None
+        for _ in range(5 + (hint is not None)):
+            if hint is not None:
+                current, hint, as_read = hint, None, False
+            else:
+                current, as_read = self.get(delivery_id), True
+                if current is None:
+                    raise IllegalTransition(f"delivery {delivery_id} does not exist")
+                if current.status not in allowed:
+                    return None
             check(current.status, to)
-            new_values: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
-            conditions = [deliveries.c.id == delivery_id, deliveries.c.status == current.status.value]
-            if _claim:
-                new_values["attempts"] = deliveries.c.attempts + 1
-                conditions.append(or_(deliveries.c.not_before.is_(None), deliveries.c.not_before <= now))
-            if provider_code is not None:
-                new_values["provider_code"] = provider_code
             attempt = current.attempts + (1 if _claim else 0)
-            with self.write() as conn:
-                result = conn.execute(update(deliveries).where(and_(*conditions)).values(**new_values))
-                if result.rowcount != 1:
-                    if _claim:
+            channel = str((values or {}).get("channel", current.channel.value))
+            message_id = (values or {}).get("provider_message_id")
+            params.update(_id=delivery_id, _from=current.status.value, _attempts=current.attempts,
+                          _channel=current.channel.value, _now=now)
+            record = {
+                "campaign_id": current.campaign_id, "at": now, "attempt": attempt, "to_status": to.value,
+                "from_channel": current.channel.value, "to_channel": channel, "provider_code": provider_code,
+                "detail": detail, "actor": actor, "from_shard": random.randrange(COUNT_SHARDS),
+                "to_shard": random.randrange(COUNT_SHARDS), "message_id": message_id,
+                "provider": str((values or {}).get("provider") or current.provider or "?"),
+            }
+            if self.dialect == "postgresql" and keys is not None:
+                # One statement does it all (a data-modifying WITH is atomic on its own): two round trips.
+                stmt = self._pg_move_statement(keys, claim=_claim, exact=not as_read, message=bool(message_id))
+                with self._one_statement() as conn:
+                    row = conn.execute(stmt, {**params, **record}).first()
+                if row is None:
+                    if _claim and as_read:
                         return None
-                    continue  # changed under us: re-read and decide again
-                message_id = (values or {}).get("provider_message_id")
+                    continue  # changed under us (or the caller's copy was old): read it and decide again
+                return Delivery.from_row(row)
+            stmt = (self._move_statement(keys, claim=_claim, exact=not as_read) if keys is not None
+                    else self._build_move(new_values, claim=_claim, exact=not as_read))
+            with self.write() as conn:
+                row = conn.execute(stmt, params).first()
+                if row is None:
+                    if _claim and as_read:
+                        return None
+                    continue  # changed under us (or the caller's copy was old): read it and decide again
+                moved = Delivery.from_row(row)
                 if message_id:
-                    conn.execute(self._insert(provider_messages).values(
-                        message_id=message_id, delivery_id=delivery_id, attempt=attempt,
-                        channel=str((values or {}).get("channel", current.channel.value)),
-                        provider=str((values or {}).get("provider") or current.provider or "?"), sent_at=now,
-                    ).on_conflict_do_nothing(index_elements=[provider_messages.c.message_id]))
-                channel = str((values or {}).get("channel", current.channel.value))
-                self._bump(conn, current.campaign_id, current.channel.value, current.status.value, -1)
-                self._bump(conn, current.campaign_id, channel, to.value, 1)
-                conn.execute(transitions.insert().values(
-                    delivery_id=delivery_id, campaign_id=current.campaign_id, at=now,
-                    from_status=current.status.value, to_status=to.value, attempt=attempt,
-                    provider_code=provider_code, detail=detail, actor=actor,
-                ))
-            return self.get(delivery_id)
+                    conn.execute(self._provider_message_insert, {
+                        "message_id": message_id, "delivery_id": delivery_id, "attempt": attempt,
+                        "channel": channel, "provider": record["provider"], "sent_at": now,
+                    })
+                conn.execute(_BUMP_MOVE, {
+                    "campaign_id": current.campaign_id, "from_channel": current.channel.value,
+                    "from_status": current.status.value, "from_shard": record["from_shard"],
+                    "to_channel": channel, "to_status": to.value, "to_shard": record["to_shard"],
+                })
+                conn.execute(_TRANSITION, {
+                    "delivery_id": delivery_id, "campaign_id": current.campaign_id, "at": now,
+                    "from_status": current.status.value, "to_status": to.value, "attempt": attempt,
+                    "provider_code": provider_code, "detail": detail, "actor": actor,
+                })
+            return moved
         return None
 
-    def claim(self, delivery_id: int, *, actor: str = "worker", now: datetime | None = None) -> Delivery | None:
-        """Atomically take a due ``queued|retrying`` delivery into ``sending``; None if someone else did."""
-        return self.move(delivery_id, Status.SENDING, actor=actor, expect=CLAIMABLE, now=now, _claim=True)
+    def claim(self, delivery_id: int, *, actor: str = "worker", now: datetime | None = None,
+              current: Delivery | None = None) -> Delivery | None:
+        """Atomically take a due ``queued|retrying`` delivery into ``sending``; None if someone else did.
+
+        ``current``: the delivery as the caller read it (see :meth:`move`)."""
+        return self.move(delivery_id, Status.SENDING, actor=actor, expect=CLAIMABLE, now=now, current=current,
+                         _claim=True)
 
     def history(self, delivery_id: int) -> list[dict[str, Any]]:
         with self.read() as conn:
