@@ -26,12 +26,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import redis
+import sampling
 import sqlalchemy
 from common import machine, write_section
 from population import cached
@@ -98,9 +100,40 @@ class Ours:
     sms: int
     duplicates: int
     statuses: dict[str, int]
+    profile: list | None = None
+    cpu: str = ""
+    cpu_ms: float = 0.0
 
 
-def run_ours(redis_url: str, n: int, prefetch: int) -> Ours:
+DESIGN = """Per delivery the worker makes four PostgreSQL statements over one pooled connection (one checkout
+and liveness ping): one read of the delivery with its campaign's state and version and its contact's
+suppression; the claim, and later `sent`, each as one compare-and-set `UPDATE … RETURNING` that writes the
+counters, the audit row (and the provider message id) in the same statement; and one look for provider events
+that arrived before the send was recorded (after that commit, as before). The campaign definition and
+templates are parsed again only when the campaign row's `updated_at` changes. The e-mail's From and Subject
+headers (the same in every message) are folded once and shared: folding a Japanese display name costs the
+`email` package milliseconds per message. That is 5 round trips to PostgreSQL per delivery; before these
+changes it was about 47 (twelve connection checkouts, each with its ping and BEGIN/COMMIT or ROLLBACK, the
+same row read five times, the campaign's JSON parsed for every message)."""
+
+#: The parts of a worker's time in the profile (the first marker found in a sample's stack takes it).
+WORKER_PARTS = [
+    ("ledger: one read before the claim (delivery, campaign state, suppression)", ("Ledger.for_send",)),
+    ("ledger: claim (one statement)", ("Ledger.claim",)),
+    ("ledger: record `sent` (one statement) and look for early provider events",
+     ("send_claimed (dispatcher/delivery.py);Ledger.move", "Ledger.events_waiting")),
+    ("ledger: connection checkout and liveness ping", ("Ledger.pinned",)),
+    ("e-mail: MIME message built (dispatcher/mime.py, email package)", ("build_message (dispatcher/mime.py)",)),
+    ("e-mail: Jinja2 render", ("Renderer.email",)),
+    ("provider `outbox`: serialise (as_bytes) and write the file / SMS line", ("Provider.send",)),
+    ("circuit-breaker counter (one Redis call)", ("Breaker.record_success",)),
+    ("one log line per send (format, redaction, write)", ("Logger.info", "Logger._log", "Handler.handle")),
+    ("rest of our send path", ("send_delivery (dispatcher/actors.py)",)),
+    ("Dramatiq: fetch, decode, middleware, ack", ("dramatiq",)),
+]
+
+
+def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0) -> Ours:
     from dispatcher.ledger import Ledger
 
     outbox = WORK / "outbox"
@@ -111,12 +144,21 @@ def run_ours(redis_url: str, n: int, prefetch: int) -> Ours:
     child = subprocess.Popen([str(ROOT / ".venv" / "bin" / "dispatcher"), "worker", "-p", str(PROCESSES),
                               "-t", str(THREADS)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     top = psutil.Process(child.pid)
+    meter = sampling.CpuMeter()
+    meter.tree_root, meter.tree_name = child.pid, "workers"
+    meter.__enter__()
     samples: list[Sample] = []
+    profile: list = []
+    profiler: threading.Thread | None = None
     deadline = time.monotonic() + TIMEOUT
     try:
         while time.monotonic() < deadline:
             counts = ledger.counts(CAMPAIGN_ID)
             sent = sum(v for (_, st), v in counts.items() if st == "sent")
+            if profile_seconds and profiler is None and sent >= n // 5 and (workers := workers_of(top)):
+                profiler = threading.Thread(target=lambda pid=workers[0].pid: profile.append(
+                    sampling.record(pid, profile_seconds)))
+                profiler.start()
             rss = []
             for proc in workers_of(top):
                 try:
@@ -128,6 +170,9 @@ def run_ours(redis_url: str, n: int, prefetch: int) -> Ours:
                 break
             time.sleep(0.5)
     finally:
+        meter.__exit__()
+        if profiler is not None:
+            profiler.join()
         child.send_signal(signal.SIGTERM)
         try:
             child.wait(timeout=90)
@@ -151,11 +196,14 @@ def run_ours(redis_url: str, n: int, prefetch: int) -> Ours:
 
     references = [json.loads(line)["reference"] for line in sms_lines]
     duplicates = len(references) - len(set(references))
+    cpu = meter.summary({"workers": "`dispatcher worker` (all its processes)", "postgres": "PostgreSQL",
+                         "redis-server": "Redis"})
+    cpu_ms = 1000 * sum(meter.by_name[k] for k in ("workers", "postgres", "redis-server")) / max(1, sent)
     return Ours(sent, (sent - 1) / seconds if seconds else 0.0, seconds, samples, emails, len(sms_lines), duplicates,
-                statuses)
+                statuses, profile[0] if profile else None, cpu, cpu_ms)
 
 
-def run_noop(redis_url: str, n: int, prefetch: int) -> float:
+def run_noop(redis_url: str, n: int, prefetch: int) -> tuple[float, float]:
     """Dramatiq's ceiling: the same pool running an actor that does nothing, over a pre-filled queue."""
     sys.path.insert(0, str(Path(__file__).parent))
     os.environ["DISPATCHER_REDIS_URL"] = redis_url
@@ -175,6 +223,9 @@ def run_noop(redis_url: str, n: int, prefetch: int) -> float:
                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     first = last = None
     deadline = time.monotonic() + TIMEOUT
+    meter = sampling.CpuMeter()
+    meter.tree_root, meter.tree_name = child.pid, "workers"
+    meter.__enter__()
     try:
         while time.monotonic() < deadline:
             left = int(client.hlen(key))
@@ -186,6 +237,7 @@ def run_noop(redis_url: str, n: int, prefetch: int) -> float:
                 break
             time.sleep(0.02)
     finally:
+        meter.__exit__()
         child.send_signal(signal.SIGTERM)
         try:
             child.wait(timeout=60)
@@ -193,9 +245,10 @@ def run_noop(redis_url: str, n: int, prefetch: int) -> float:
             child.kill()
             child.wait()
         log.close()
+    cpu_ms = 1000 * (meter.by_name["workers"] + meter.by_name["redis-server"]) / n
     if first is None or last is None or last <= first:
-        return 0.0
-    return (n - 1) / (last - first)
+        return 0.0, cpu_ms
+    return (n - 1) / (last - first), cpu_ms
 
 
 def run_boto3(count: int, csv_path: Path) -> float:
@@ -246,6 +299,8 @@ def main() -> None:
     parser.add_argument("--boto3", type=int, default=2_000, help="e-mails for the sequential boto3 baseline")
     parser.add_argument("--prefetch", type=int, default=THREADS * 4,
                         help="dramatiq_queue_prefetch for both pools (default: what `dispatcher worker` sets)")
+    parser.add_argument("--profile", type=float, default=15.0,
+                        help="seconds of py-spy samples of one worker during the run (0: none)")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -259,9 +314,9 @@ def main() -> None:
     client = redis.Redis.from_url(redis_url)
     try:
         client.flushall()
-        noop_before = run_noop(redis_url, n, args.prefetch)
+        noop_before, noop_cpu_before = run_noop(redis_url, n, args.prefetch)
         print(f"baseline: no-op Dramatiq actor, {PROCESSES}×{THREADS}, prefetch {args.prefetch}: "
-              f"{noop_before:,.0f} msg/s", flush=True)
+              f"{noop_before:,.0f} msg/s, {noop_cpu_before:.2f} ms CPU/msg", flush=True)
 
         client.flushall()
         reset_postgres(PG_URL)
@@ -279,14 +334,15 @@ def main() -> None:
                                   rejects_path=WORK / "dispatch-rejects.csv")
         print(f"enqueued {result.new:,} deliveries ({result.by_channel}) in {time.perf_counter() - started:.1f}s",
               flush=True)
-        ours = run_ours(redis_url, result.new, args.prefetch)
-        print(f"ours: {ours.n:,} sent at {ours.rate:,.0f}/s over {ours.seconds:.1f}s; statuses {ours.statuses}; "
+        ours = run_ours(redis_url, result.new, args.prefetch, args.profile)
+        print(f"ours: {ours.n:,} sent at {ours.rate:,.0f}/s over {ours.seconds:.1f}s, {ours.cpu_ms:.2f} ms CPU each; "
+              f"statuses {ours.statuses}; "
               f"outbox {ours.emails:,} e-mails + {ours.sms:,} SMS, duplicate SMS references {ours.duplicates}",
               flush=True)
 
         client.flushall()
-        noop_after = run_noop(redis_url, n, args.prefetch)
-        print(f"baseline again: no-op {noop_after:,.0f} msg/s", flush=True)
+        noop_after, noop_cpu_after = run_noop(redis_url, n, args.prefetch)
+        print(f"baseline again: no-op {noop_after:,.0f} msg/s, {noop_cpu_after:.2f} ms CPU/msg", flush=True)
     finally:
         server.stop()
     boto_rate = run_boto3(args.boto3, csv_path)
@@ -311,6 +367,9 @@ def main() -> None:
         f"| {ours.rate:,.0f} deliveries/s ({ours.n:,} in {ours.seconds:.1f} s) | no-op Dramatiq actor, same pool: "
         f"{noop_before:,.0f}/s before, {noop_after:,.0f}/s after (mean {ceiling:,.0f}/s) | "
         f"{share:.0%} of the ceiling |",
+        f"| CPU per delivery (workers + PostgreSQL + Redis) | — | {ours.cpu_ms:.2f} ms | no-op pool + Redis: "
+        f"{(noop_cpu_before + noop_cpu_after) / 2:.2f} ms per message | "
+        f"{ours.cpu_ms / max(0.001, (noop_cpu_before + noop_cpu_after) / 2):.1f}× |",
         f"| the script an office would write: boto3 SES v2 `send_email` in a loop, to moto on 127.0.0.1 | — | "
         f"{boto_rate:,.0f} e-mails/s ({args.boto3:,} sent) | — | ours is {ours.rate / boto_rate:.1f}× that |",
         f"| worker RSS (each of the {PROCESSES} worker processes) | flat | " + "; ".join(rss_rows) + " | — | — |",
@@ -326,6 +385,14 @@ def main() -> None:
         "call. The boto3 loop is a few thousand e-mails only: moto itself, not boto3, sets its pace.\n\n"
         + "\n".join(lines)
     )
+    body += f"\n\n{ours.cpu} (from start-up to the last send)."
+    body += "\n\n" + DESIGN
+    if ours.profile:
+        body += (f"\n\nWhere a worker's time goes (py-spy, {args.profile:g} s of one worker process from a fifth of "
+                 "the run on; samples of threads on the CPU):\n\n" + sampling.table(sampling.share(ours.profile,
+                                                                                                   WORKER_PARTS)))
+    elif args.profile:
+        body += "\n\n(No profile: py-spy is not installed; `.venv/bin/pip install py-spy`.)"
     print(body)
     if args.write:
         write_section("dispatch", body)

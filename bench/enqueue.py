@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+import sampling
 import sqlalchemy
 from common import machine, write_section
 from population import cached
@@ -87,6 +88,7 @@ class Run:
     rows_in_ledger: int
     messages: int
     transitions: int
+    cpu: str = ""
 
 
 def count_ledger(url: str) -> tuple[int, int]:
@@ -110,23 +112,70 @@ def run_enqueue(label: str, db_url: str, redis_url: str, csv_path: Path, campaig
     command = [str(ROOT / ".venv" / "bin" / "dispatcher"), "enqueue", str(campaign), str(csv_path),
                "--rejects", str(rejects)]
     log = (WORK / f"enqueue-{label}.log").open("wb")
-    started = time.perf_counter()
-    child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            child.kill()
-            pid, status, usage = os.wait4(child.pid, 0)
-            break
-        time.sleep(0.01)
-    seconds = time.perf_counter() - started
+    with sampling.CpuMeter() as meter:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                child.kill()
+                pid, status, usage = os.wait4(child.pid, 0)
+                break
+            time.sleep(0.01)
+        seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
     log.close()
     n, t = count_ledger(db_url)
-    return Run(label, seconds, usage.ru_maxrss / 1024, child.returncode, n, queue_length(redis_url), t)
+    cpu = meter.summary({"dispatcher": "`dispatcher enqueue`", "postgres": "PostgreSQL",
+                         "redis-server": "Redis"})
+    return Run(label, seconds, usage.ru_maxrss / 1024, child.returncode, n, queue_length(redis_url), t, cpu)
+
+
+DESIGN = """How `enqueue` spends its work (per campaign once, per row as little as the checks allow):
+
+- per campaign: the definition, the templates and their test render; the SMS template is cut once around
+  the receipt URL when it uses nothing else per recipient, so each SMS text is a string join (the length
+  check still sees the real text); the Redis message template, checked against Dramatiq's own encoding;
+- per row: the checks the specification asks for; the usual writings of a mobile number skip
+  `phonenumbers.parse` (its type and validity still come from phonenumbers' metadata); plain
+  `https://host/...` URLs skip `urlsplit`; both shortcuts are tested against the general path
+  (tests/test_fast_paths.py);
+- per batch of 5,000 accepted rows, on a writer thread that overlaps the reading of the next rows:
+  PostgreSQL gets them by `COPY` into a session table and one `INSERT … SELECT … ON CONFLICT DO NOTHING`
+  that also writes each new delivery's `queued` audit row; SQLite by the driver's `executemany`; the new
+  ids go to Redis as one `HSET` of message bodies and one `RPUSH` (the keys Dramatiq's own enqueue writes).
+  Every delivery still gets its audit row; the `imports` table records the list as before."""
+
+#: The parts of `dispatcher enqueue`'s time in the profile (the first marker found in a stack takes it).
+ENQUEUE_PARTS = [
+    ("start-up (imports, settings, campaign, templates)", ("_find_and_load", "load_campaign", "Renderer.__init__")),
+    ("ledger: batches to PostgreSQL (COPY, then one INSERT … SELECT)", ("Ledger.add_deliveries",)),
+    ("broker: one message per new delivery, in bulk to Redis", ("dispatch_ids", "enqueue_ids")),
+    ("phone numbers (phonenumbers: type from its metadata)", ("check_phone",)),
+    ("e-mail address syntax", ("check_email",)),
+    ("receipt URL", ("check_receipt_url",)),
+    ("the rest of the row's checks (user id, amount, category, undecodable bytes)", ("validate_row",)),
+    ("SMS text and its length", ("Renderer.sms", "sms.py")),
+    ("CSV: read, decode, split (csv module)", ("RecipientFile.records",)),
+    ("rejects file", ("SafeCsvWriter",)),
+    ("per-row bookkeeping in the loop", ("enqueue_campaign", "_Checker.check", "_ledger_row")),
+]
+
+
+def profile_enqueue(db_url: str, redis_url: str, csv_path: Path, campaign: Path) -> list[tuple[str, float]] | None:
+    """One more `dispatcher enqueue`, under py-spy: the share of its samples per part."""
+    env = dict(os.environ, DISPATCHER_DATABASE_URL=db_url, DISPATCHER_REDIS_URL=redis_url,
+               DISPATCHER_DATA_DIR=str(WORK / "data"), DISPATCHER_LOG_LEVEL="WARNING")
+    raw = WORK / "enqueue-profile.txt"
+    command = [str(ROOT / ".venv" / "bin" / "dispatcher"), "enqueue", str(campaign), str(csv_path),
+               "--rejects", str(WORK / "rejects-profile.csv")]
+    subprocess.run(sampling.record_command(command, raw), cwd=ROOT, env=env, capture_output=True, timeout=TIMEOUT)
+    if not raw.exists():
+        return None
+    return sampling.share(sampling.parse(raw.read_text()), ENQUEUE_PARTS)
 
 
 def csv_floor(path: Path) -> tuple[int, float]:
@@ -163,6 +212,8 @@ def main() -> None:
     parser.add_argument("--send-sample", type=int, default=50_000,
                         help="messages for the actor.send baseline (extrapolated to the full run)")
     parser.add_argument("--rerun", action="store_true", help="also enqueue the same file again (all present)")
+    parser.add_argument("--profile-rows", type=int, default=200_000,
+                        help="rows for an extra run into PostgreSQL under py-spy, for the profile (0: none)")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -204,6 +255,11 @@ def main() -> None:
                 print(f"{target} again (all already present): {again.seconds:.1f}s = "
                       f"{rows / again.seconds:,.0f} rows/s, peak RSS {again.rss_mb:.0f} MB, broker {again.messages:,}",
                       flush=True)
+        profile = None
+        if args.profile_rows and sampling.py_spy():
+            client.flushall()
+            reset_postgres(PG_URL)
+            profile = profile_enqueue(PG_URL, redis_url, cached(WORK, args.profile_rows), campaign)
     finally:
         server.stop()
         shutil.rmtree(WORK / "data", ignore_errors=True)
@@ -237,6 +293,15 @@ def main() -> None:
         verdict = "met" if run.rss_mb <= TARGET_RSS_MB else "**not yet met**"
         lines.append(f"| peak RSS of `dispatcher enqueue`, {run.label} | ≤ {TARGET_RSS_MB:.0f} MB — {verdict} | "
                      f"{run.rss_mb:.0f} MB | — | — |")
+    notes = "\n".join(f"- {run.label}: {run.cpu}." for run in runs)
+    lines.append("")
+    lines.append("Where the CPU went during each run (all processes; the machine is shared):\n\n" + notes)
+    if profile:
+        lines.append(f"\nWhere `dispatcher enqueue`'s own time goes (py-spy, an extra run of {args.profile_rows:,} "
+                     "rows into PostgreSQL; both of its threads; PostgreSQL's and Redis's work is not in "
+                     "these samples):\n\n" + sampling.table(profile))
+    elif args.profile_rows:
+        lines.append("\n(No profile: py-spy is not installed; `.venv/bin/pip install py-spy`.)")
     body = (
         f"## Enqueue ({rows:,} recipients)\n\n"
         f"{machine()}; command: `.venv/bin/python bench/enqueue.py --rows {rows} "
@@ -246,6 +311,7 @@ def main() -> None:
         f"`dispatcher enqueue` runs as a child process into a private redis-server; times are wall clock from "
         f"spawn to exit. The actor.send baseline sent {min(args.send_sample, rows):,} messages "
         f"({send_rate:,.0f}/s) and is extrapolated to the run's message count.\n\n" + "\n".join(lines)
+        + "\n\n" + DESIGN
     )
     print(body)
     if args.write:
