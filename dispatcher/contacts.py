@@ -142,6 +142,8 @@ _YEN = re.compile(r"\d{1,9}")
 
 
 def check_amount(raw: str) -> int:
+    if 0 < len(raw) <= 9 and raw.isascii() and raw.isdigit():
+        return int(raw)  # what the rules below make of plain ASCII digits
     value = unicodedata.normalize("NFKC", raw).strip().replace(",", "").removesuffix("円").strip()
     if not _YEN.fullmatch(value):
         raise FieldError("amount", "must be a whole, non-negative number of yen")
@@ -149,6 +151,8 @@ def check_amount(raw: str) -> int:
 
 
 def check_category(raw: str) -> str:
+    if raw in ("A", "B"):
+        return raw
     value = unicodedata.normalize("NFKC", raw).strip().upper()
     if value not in ("A", "B"):
         raise FieldError("category", "must be A or B")

@@ -30,6 +30,7 @@ from .errors import InputError
 from .states import Channel
 
 KNOWN = ("user_id", "email", "phone", "receipt_url", "name", "amount", "inquiry_no", "category")
+_KNOWN = frozenset(KNOWN)
 SNIFF_BYTES = 1 << 16
 MAX_FIELD = 1 << 16
 
@@ -190,9 +191,8 @@ def validate_row(row: int, values: dict[str, str], campaign: Campaign) -> Accept
         fields["category"] = check_category(values["category"])
     if (values.get("inquiry_no") or "").strip():
         fields["inquiry_no"] = values["inquiry_no"].strip()
-    extra = {k: v for k, v in values.items() if k not in KNOWN}
-    if extra:
-        fields["extra"] = extra
+    if not _KNOWN.issuperset(values):
+        fields["extra"] = {k: v for k, v in values.items() if k not in KNOWN}
     channel = campaign.channel_for(email is not None, phone is not None)
     return Accepted(row, user_id, channel, email, phone, receipt_url, fields, flags)
 

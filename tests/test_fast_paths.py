@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.policy
 import json
 import random
+import re
 import unicodedata
 import uuid
 from urllib.parse import urlsplit
@@ -21,7 +22,14 @@ from phonenumbers import PhoneNumberType
 
 from dispatcher import broker, clock, sms
 from dispatcher.campaign import load_campaign
-from dispatcher.contacts import FieldError, check_phone, check_receipt_url, check_user_id
+from dispatcher.contacts import (
+    FieldError,
+    check_amount,
+    check_category,
+    check_phone,
+    check_receipt_url,
+    check_user_id,
+)
 from dispatcher.delivery import fold_once
 from dispatcher.ledger import Ledger
 from dispatcher.mime import build_message
@@ -96,6 +104,20 @@ def reference_user_id(raw: str) -> str:
     return value
 
 
+def reference_amount(raw: str) -> int:
+    value = unicodedata.normalize("NFKC", raw).strip().replace(",", "").removesuffix("円").strip()
+    if not re.fullmatch(r"\d{1,9}", value):
+        raise FieldError("amount", "must be a whole, non-negative number of yen")
+    return int(value)
+
+
+def reference_category(raw: str) -> str:
+    value = unicodedata.normalize("NFKC", raw).strip().upper()
+    if value not in ("A", "B"):
+        raise FieldError("category", "must be A or B")
+    return value
+
+
 def outcome(fn, *args):
     try:
         return "ok", fn(*args)
@@ -163,6 +185,14 @@ def test_url_shortcut_gives_what_urlsplit_gives() -> None:
 def test_user_id_shortcut_gives_what_the_character_scan_gives() -> None:
     for raw in ["U1", " U1 ", "U\x00", "U\x7f", "U\u200b", "Ｕ１", "u\t1", "", "x" * 129, "利用者\u00ad1", "a\x1fb"]:
         assert outcome(check_user_id, raw) == outcome(reference_user_id, raw), repr(raw)
+
+
+def test_amount_and_category_shortcuts_give_what_the_rules_give() -> None:
+    for raw in ["1500", "0", "000000001", "123456789", "1234567890", "1,500", "1500円", " 1500 ", "１５００", "²",
+                "12.5", "-3", "", "٣", "0x10", "1_000"]:
+        assert outcome(check_amount, raw) == outcome(reference_amount, raw), raw
+    for raw in ["A", "B", "a", " b ", "Ａ", "C", "", "AB"]:
+        assert outcome(check_category, raw) == outcome(reference_category, raw), raw
 
 
 def test_undecodable_and_overlong_fields_are_still_named(tmp_path) -> None:
