@@ -391,6 +391,27 @@ def test_bulk_insert_keeps_the_first_of_each_user_and_the_values(ledger: Ledger)
     assert ledger.add_deliveries("test-campaign", rows) == []
 
 
+def test_bulk_insert_stores_what_a_row_by_row_insert_stores(ledger: Ledger, monkeypatch) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    # A whole second: SQLite keeps timestamps as text, and their format must not depend on the path taken.
+    monkeypatch.setattr(clock, "now", lambda: datetime(2023, 4, 5, 1, 0, 0, tzinfo=UTC))
+    [bulk] = ledger.add_deliveries("test-campaign", [_row(1)])
+    with ledger.write() as conn:
+        [(generic, _)] = ledger._add_rows_generic(conn, "test-campaign", [_row(2)], clock.now(), "enqueue")
+    columns = "created_at, updated_at, dispatched_at, fields, flags, phone, sms_parts, status, attempts"
+    with ledger.read() as conn:
+        a, b = (conn.execute(text(f"SELECT {columns} FROM deliveries WHERE id = :i"), {"i": i}).one()
+                for i in (bulk, generic))
+        ta, tb = (conn.execute(text("SELECT at, actor, attempt FROM transitions WHERE delivery_id = :i"),
+                               {"i": i}).one() for i in (bulk, generic))
+    assert a[:3] == b[:3] and tuple(ta) == tuple(tb)
+    assert a[4:] == b[4:]
+    assert ledger.get(bulk).fields == _row(1)["fields"] and ledger.get(generic).fields == _row(2)["fields"]
+
+
 def test_a_move_from_an_old_copy_rereads_and_decides_as_before(ledger: Ledger) -> None:
     [d] = ledger.add_deliveries("test-campaign", [_row(1)])
     queued = ledger.get(d)

@@ -330,16 +330,16 @@ class Ledger:
         """Insert new deliveries; rows whose user is already in the campaign are skipped.
 
         Returns the ids of the rows actually inserted, in row order (idempotent per campaign + user_id).
-        Each new delivery gets its ``queued`` audit row and its counter in the same transaction. The batch
-        goes over as one statement per table (PostgreSQL: arrays through ``unnest``; SQLite: the driver's
-        ``executemany``) rather than one bound row at a time.
+        Each new delivery gets its ``queued`` audit row and its counter in the same transaction. Rows of
+        exactly the columns ``enqueue`` gives go over in bulk (PostgreSQL: ``COPY`` and one statement for
+        deliveries and audit rows; SQLite: the driver's ``executemany``), other rows one bound row at a time.
         """
         if not rows:
             return []
         now = clock.now()
         known = set(self._NEW_COLUMNS)
         with self.write() as conn:
-            if any(not known.issuperset(row) for row in rows):
+            if any(row.keys() != known for row in rows):
                 inserted = self._add_rows_generic(conn, campaign_id, rows, now, actor)
             elif self.dialect == "postgresql":
                 inserted = self._add_rows_postgresql(conn, campaign_id, rows, now, actor)
@@ -360,9 +360,8 @@ class Ledger:
         try:
             with cursor.copy(_PG_COPY) as copy:
                 for n, r in enumerate(rows):
-                    copy.write_row((n, r["user_id"], r["row_no"], r["channel"], r["contact"], r.get("email"),
-                                    r.get("phone"), r.get("flags") or "", r["receipt_url"], dumps(r["fields"]),
-                                    r.get("sms_parts")))
+                    copy.write_row((n, r["user_id"], r["row_no"], r["channel"], r["contact"], r["email"], r["phone"],
+                                    r["flags"], r["receipt_url"], dumps(r["fields"]), r["sms_parts"]))
         finally:
             cursor.close()
         result = conn.exec_driver_sql(_PG_ADD_DELIVERIES, {
@@ -375,14 +374,20 @@ class Ledger:
                          now: datetime, actor: str) -> list[tuple[int, str]]:
         # The write transaction holds SQLite's only write lock, so the rows inserted now are exactly those
         # with an id above the largest one before (rowids grow from the largest existing one).
-        stamp = deliveries.c.created_at.type.bind_processor(conn.dialect)(now)
-        to_json = deliveries.c.fields.type.bind_processor(conn.dialect)
+        # Values exactly as SQLAlchemy would bind them on this dialect (SQLite stores timestamps as text).
+        stamp = deliveries.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)(now)
+        json_bind = deliveries.c.fields.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        plain_json = conn.dialect._json_serializer is None  # type: ignore[attr-defined]
+
+        def to_json(value: Any) -> Any:
+            return _json_dumps(value) if plain_json and type(value) is dict else json_bind(value)
+
         before = conn.execute(select(func.coalesce(func.max(deliveries.c.id), 0))).scalar_one()
         cursor = conn.connection.cursor()
         try:
             cursor.executemany(_SQLITE_ADD_DELIVERY, [
-                (campaign_id, r["user_id"], r["row_no"], r["channel"], r["contact"], r.get("email"), r.get("phone"),
-                 r.get("flags") or "", r["receipt_url"], to_json(r["fields"]), r.get("sms_parts"), Status.QUEUED.value,
+                (campaign_id, r["user_id"], r["row_no"], r["channel"], r["contact"], r["email"], r["phone"],
+                 r["flags"], r["receipt_url"], to_json(r["fields"]), r["sms_parts"], Status.QUEUED.value,
                  stamp, stamp, stamp)
                 for r in rows
             ])
