@@ -14,7 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from . import broker as _broker
 from . import clock, runtime
-from .delivery import deliver
+from .delivery import deliver, deliver_many
 from .errors import ConfigError
 from .privacy import RedactingFilter
 from .settings import load_settings
@@ -44,12 +44,33 @@ _ensure_broker()
 _redact_logs()
 
 
+#: A batch stops starting new sends after this long and hands the rest on (well inside the time limit).
+BATCH_BUDGET_SECONDS = 120.0
+
+
 @dramatiq.actor(queue_name=_broker.QUEUE, max_retries=5, min_backoff=1_000, max_backoff=30_000,
                 time_limit=300_000)
 def send_delivery(delivery_id: int) -> None:
     outcome = deliver(runtime.current(), delivery_id)
     if outcome.again_at is not None:
         schedule(delivery_id, outcome.again_at)
+
+
+@dramatiq.actor(queue_name=_broker.QUEUE, max_retries=5, min_backoff=1_000, max_backoff=30_000,
+                time_limit=300_000)
+def send_deliveries(delivery_ids: list[int]) -> None:
+    """Several deliveries in one message (see :func:`dispatcher.delivery.deliver_many`).
+
+    An error on one of them is raised after the others were tried, so Dramatiq retries the message: the
+    ones already settled are skipped then (they are no longer claimable)."""
+    result = deliver_many(runtime.current(), delivery_ids, budget=BATCH_BUDGET_SECONDS)
+    for delivery_id, outcome in result.outcomes.items():
+        if outcome.again_at is not None:
+            schedule(delivery_id, outcome.again_at)
+    if result.left:
+        dispatch_ids(result.left)
+    if result.error is not None:
+        raise result.error
 
 
 def schedule(delivery_id: int, at: object) -> None:
@@ -64,5 +85,12 @@ def schedule(delivery_id: int, at: object) -> None:
 
 
 def dispatch_ids(ids: list[int]) -> None:
-    """Hand deliveries to the broker, one message each, in bulk."""
-    _broker.enqueue_ids(_ensure_broker(), send_delivery, ids)
+    """Hand deliveries to the broker in bulk, ``send_batch`` of them per message (one message for one)."""
+    if not ids:
+        return
+    broker = _ensure_broker()
+    size = runtime.batch_size()
+    if size <= 1:
+        _broker.enqueue_ids(broker, send_delivery, ids)
+        return
+    _broker.enqueue_ids(broker, send_deliveries, [list(ids[i:i + size]) for i in range(0, len(ids), size)])

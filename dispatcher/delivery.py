@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import uuid
 import weakref
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -21,7 +23,7 @@ from .errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError
 from .feedback.apply import apply_pending
 from .ledger.store import CampaignRecord, Delivery
 from .mime import build_message
-from .privacy import mask_contact
+from .privacy import mask_contact, redact
 from .providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
 from .render import Renderer
 from .runtime import Runtime
@@ -43,16 +45,75 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(min(base / 2, ceiling), ceiling)
 
 
+@dataclass
+class BatchResult:
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    #: The first error met (the others were still attempted); the caller raises it so the batch is retried.
+    error: BaseException | None = None
+    #: Ids not attempted because the batch ran out of time; the caller hands them to the broker again.
+    left: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _AfterBatch:
+    """Work a batch does once at its end instead of after each send."""
+
+    message_ids: list[str] = field(default_factory=list)
+
+    def finish(self, rt: Runtime) -> None:
+        # Events that arrived before we could record their sends are applied now (looked for after the commits).
+        if self.message_ids:
+            for message_id in sorted(rt.ledger.events_waiting_for(self.message_ids)):
+                apply_pending(rt.ledger, message_id, rt.breaker)
+
+
 def deliver(rt: Runtime, delivery_id: int) -> Outcome:
-    # Everything this thread asks the ledger for one delivery goes over one connection (PostgreSQL).
+    """Send one delivery (see :func:`deliver_many`); errors propagate."""
+    result = deliver_many(rt, [delivery_id])
+    if result.error is not None:
+        raise result.error
+    return result.outcomes[delivery_id]
+
+
+def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None) -> BatchResult:
+    """Send several deliveries, one after the other, as :func:`deliver` would one by one: one read for all
+    of them, one database connection, and the look for early provider events once at the end.
+
+    Each delivery is still claimed right before its own send and recorded right after it, so a worker
+    that dies mid-batch leaves at most one delivery in ``sending``. An error on one delivery does not stop
+    the others. After ``budget`` seconds the rest is left for the caller to hand on.
+    """
+    result = BatchResult()
+    after = _AfterBatch()
+    started = time.monotonic()
     with rt.ledger.pinned():
-        return _deliver(rt, delivery_id)
+        try:
+            found = rt.ledger.for_send_many(ids)
+            for n, delivery_id in enumerate(ids):
+                if budget is not None and n and time.monotonic() - started > budget:
+                    result.left = list(ids[n:])
+                    break
+                try:
+                    result.outcomes[delivery_id] = _deliver(rt, delivery_id, found.get(delivery_id), after)
+                except Exception as exc:
+                    log.warning("delivery %s: %s: %s", delivery_id, type(exc).__name__, redact(str(exc)))
+                    if result.error is None:
+                        result.error = exc
+        except Exception as exc:
+            result.error = exc
+        finally:
+            try:
+                after.finish(rt)
+            except Exception as exc:
+                if result.error is None:
+                    result.error = exc
+    return result
 
 
-def _deliver(rt: Runtime, delivery_id: int) -> Outcome:
+def _deliver(rt: Runtime, delivery_id: int,
+             found: tuple[Delivery, str | None, datetime | None, str | None] | None, after: _AfterBatch) -> Outcome:
     ledger = rt.ledger
-    # One read for the delivery, its campaign's state and whether its contact is suppressed.
-    found = ledger.for_send(delivery_id)
+    # The delivery, its campaign's state and whether its contact is suppressed, as read for the batch.
     if found is None:
         log.warning("delivery %s: not in the ledger; message dropped", delivery_id)
         return Outcome(None)
@@ -117,7 +178,7 @@ def _deliver(rt: Runtime, delivery_id: int) -> Outcome:
                     detail=f"quota or rate limit: not attempted, next slot in {wait:.0f}s",
                     values={"attempts": claimed.attempts - 1, "not_before": again})
         return Outcome(Status.RETRYING, again_at=again)
-    return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot)
+    return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot, after=after)
 
 
 class _SendCache:
@@ -235,7 +296,7 @@ def _call(rt: Runtime, provider: Provider, delivery: Delivery, outgoing: Outgoin
 
 
 def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: datetime,
-                 slot: str | None = None) -> Outcome:
+                 slot: str | None = None, after: _AfterBatch | None = None) -> Outcome:
     ledger = rt.ledger
     provider = rt.provider(delivery.channel)
     who = f"delivery {delivery.id} ({mask_contact(delivery.channel, delivery.contact)})"
@@ -267,8 +328,10 @@ def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: d
     if moved is None:
         # Someone settled it first (an operator, the sweep); keep their verdict, note the message id.
         ledger.note_message_id(delivery.id, provider.name, result.message_id)
-    # Events that arrived before we could record the send are applied now (looked for after the commit).
-    if ledger.events_waiting(result.message_id):
+    if after is not None:
+        after.message_ids.append(result.message_id)
+    elif ledger.events_waiting(result.message_id):
+        # Events that arrived before we could record the send are applied now (looked for after the commit).
         apply_pending(ledger, result.message_id, rt.breaker)
     rt.breaker.record_success(delivery.campaign_id)
     log.info("%s: sent via %s", who, provider.name)

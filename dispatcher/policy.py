@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import Counter
 
 import redis
 
@@ -57,31 +60,89 @@ class Limits:
 class Breaker:
     """Pauses a campaign whose share of permanent failures, bounces and complaints passes a threshold.
 
-    Counters live in Redis (cheap on the hot path); the ledger keeps the truth and the pause reason.
+    Counters live in Redis (shared by every worker); the ledger keeps the truth and the pause reason.
+    Successes are counted in memory and added to Redis now and then (every ``FLUSH_EVERY`` sends or
+    ``FLUSH_SECONDS``, and before any failure is counted): a Redis call per send cost more than the rest of
+    the breaker. A worker killed outright loses at most that many successes, which makes the breaker
+    slightly more eager, never blind.
     """
+
+    FLUSH_EVERY = 50
+    FLUSH_SECONDS = 1.0
+    RETRY_SECONDS = 5.0
 
     def __init__(self, settings: Settings, client: redis.Redis | None, pause: object) -> None:
         self.settings = settings
         self.client = client
         self._pause = pause
+        self._lock = threading.Lock()
+        self._pending: Counter[str] = Counter()
+        self._flushed_at = time.monotonic()
+        self._retry_at = 0.0
 
     def _key(self, campaign_id: str) -> str:
         return f"{keys.prefix}:breaker:{campaign_id}"
 
     def record_success(self, campaign_id: str) -> None:
-        if self.client is not None:
-            self.client.hincrby(self._key(campaign_id), "attempts", 1)
+        """Count a send the provider took. Never raises: a Redis outage must not turn a send into a failure."""
+        if self.client is None:
+            return
+        with self._lock:
+            self._pending[campaign_id] += 1
+            now = time.monotonic()
+            due = now >= self._retry_at and (self._pending.total() >= self.FLUSH_EVERY
+                                             or now - self._flushed_at >= self.FLUSH_SECONDS)
+        if due:
+            try:
+                self.flush()
+            except redis.RedisError as exc:
+                with self._lock:
+                    self._retry_at = time.monotonic() + self.RETRY_SECONDS  # not on every send while it is down
+                log.warning("circuit breaker: could not count successes (kept for later): %s", exc)
+
+    def _take(self) -> Counter[str]:
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+            self._flushed_at = time.monotonic()
+        return pending
+
+    def _give_back(self, pending: Counter[str]) -> None:
+        with self._lock:
+            self._pending.update(pending)
+
+    def flush(self) -> None:
+        """Add the successes counted here to the shared counters."""
+        if self.client is None:
+            return
+        pending = self._take()
+        if not pending:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for campaign_id, n in pending.items():
+                    pipe.hincrby(self._key(campaign_id), "attempts", n)
+                pipe.execute()
+        except redis.RedisError:
+            self._give_back(pending)
+            raise
 
     def record_failure(self, campaign_id: str, *, counted_attempt: bool = True) -> None:
         """A permanent failure (or, from provider events, a bounce or complaint)."""
         if self.client is None:
             return
-        with self.client.pipeline() as pipe:
-            if counted_attempt:
-                pipe.hincrby(self._key(campaign_id), "attempts", 1)
-            pipe.hincrby(self._key(campaign_id), "failures", 1)
-            pipe.hgetall(self._key(campaign_id))
-            counters = pipe.execute()[-1]
+        pending = self._take()
+        try:
+            with self.client.pipeline() as pipe:
+                for other, n in pending.items():
+                    pipe.hincrby(self._key(other), "attempts", n)
+                if counted_attempt:
+                    pipe.hincrby(self._key(campaign_id), "attempts", 1)
+                pipe.hincrby(self._key(campaign_id), "failures", 1)
+                pipe.hgetall(self._key(campaign_id))
+                counters = pipe.execute()[-1]
+        except redis.RedisError:
+            self._give_back(pending)
+            raise
         attempts = int(counters.get(b"attempts", 0))
         failures = int(counters.get(b"failures", 0))
         if attempts >= self.settings.breaker_min_attempts and failures / attempts > self.settings.breaker_threshold:
@@ -91,5 +152,7 @@ class Breaker:
                 log.error("campaign %s paused: %s", campaign_id, reason)
 
     def reset(self, campaign_id: str) -> None:
+        with self._lock:
+            self._pending.pop(campaign_id, None)
         if self.client is not None:
             self.client.delete(self._key(campaign_id))

@@ -80,3 +80,9 @@ def use(runtime: Runtime | None) -> None:
     global _current
     with _current_lock:
         _current = runtime
+
+
+def batch_size() -> int:
+    """Deliveries per broker message: the current runtime's setting, else the environment's."""
+    rt = _current
+    return (rt.settings if rt is not None else load_settings()).send_batch

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=1800.0, gt=0)
     #: How often each `dispatcher worker` sweeps the ledger (one host at a time does it).
     sweep_interval_seconds: float = Field(default=30.0, ge=1)
+    #: Deliveries per broker message: a worker thread reads them in one query and sends them one after the
+    #: other over one database connection (each is still claimed and recorded on its own). 1 = one each.
+    send_batch: int = Field(default=20, ge=1, le=500)
     #: A delivery left in "sending" this long by a dead worker becomes "unknown".
     stale_sending_seconds: float = Field(default=120.0, gt=0)
     #: Circuit breaker: pause a campaign past this failure share, once this many attempts were made.

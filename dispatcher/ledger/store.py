@@ -78,16 +78,20 @@ _SQLITE_ADD_DELIVERY = (
 )
 # Statements of the send path, built once.
 _GET = select(deliveries).where(deliveries.c.id == bindparam("id"))
-_FOR_SEND = (
+_FOR_SEND_BASE = (
     select(deliveries, campaigns.c.state.label("campaign_state"), campaigns.c.updated_at.label("campaign_updated_at"),
            suppressions.c.reason.label("suppressed"))
     .select_from(deliveries.outerjoin(campaigns, campaigns.c.id == deliveries.c.campaign_id)
                  .outerjoin(suppressions, suppressions.c.contact == deliveries.c.contact))
-    .where(deliveries.c.id == bindparam("id"))
 )
+_FOR_SEND = _FOR_SEND_BASE.where(deliveries.c.id == bindparam("id"))
+_FOR_SEND_MANY = _FOR_SEND_BASE.where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
 _EVENTS_WAITING = (select(provider_events.c.id)
                    .where(provider_events.c.applied == 0, provider_events.c.message_id == bindparam("message_id"))
                    .limit(1))
+_EVENTS_WAITING_MANY = (select(provider_events.c.message_id).distinct()
+                        .where(provider_events.c.applied == 0,
+                               provider_events.c.message_id.in_(bindparam("message_ids", expanding=True))))
 _TRANSITION = transitions.insert()
 #: A move leaves one (channel, status) counter for another, in one statement (PostgreSQL and SQLite).
 _BUMP_MOVE = text(
@@ -460,6 +464,26 @@ class Ledger:
             return None
         m = row._mapping
         return Delivery.from_row(row), m["campaign_state"], m["campaign_updated_at"], m["suppressed"]
+
+    def for_send_many(self, ids: Sequence[int]) -> dict[int, tuple[Delivery, str | None, datetime | None, str | None]]:
+        """:meth:`for_send` for several deliveries in one query, by id (ids not in the ledger are left out)."""
+        if not ids:
+            return {}
+        with self._one_statement() as conn:
+            rows = conn.execute(_FOR_SEND_MANY, {"ids": list(ids)}).all()
+        found = {}
+        for row in rows:
+            m = row._mapping
+            found[m["id"]] = (Delivery.from_row(row), m["campaign_state"], m["campaign_updated_at"], m["suppressed"])
+        return found
+
+    def events_waiting_for(self, message_ids: Iterable[str]) -> set[str]:
+        """Which of these message ids have an event waiting for their send to be recorded (one query)."""
+        wanted = list(dict.fromkeys(message_ids))
+        if not wanted:
+            return set()
+        with self._one_statement() as conn:
+            return {r[0] for r in conn.execute(_EVENTS_WAITING_MANY, {"message_ids": wanted})}
 
     def events_waiting(self, message_id: str) -> bool:
         """Whether an event for this message id waits for its send to be recorded (see feedback.apply)."""
