@@ -15,14 +15,12 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from typing import Any
 
 from . import clock, sms
 from .errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled
 from .feedback.apply import apply_pending
 from .ledger.store import CampaignRecord, Delivery
-from .mime import build_message
+from .mime import build_raw
 from .privacy import mask_contact, redact
 from .providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
 from .render import Renderer
@@ -228,59 +226,17 @@ def _renderer(rt: Runtime, record: CampaignRecord) -> Renderer:
     return renderer
 
 
-#: Header objects whose folding is kept, by (class, value): the e-mail package folds every header again
-#: each time a message is serialised, and folding a Japanese display name (RFC 2047 encoded words) costs
-#: milliseconds: the sender and, with these templates, the subject are the same in every message.
-_folded_headers: dict[tuple[tuple[type, ...], str], Any] = {}
-_FOLDED_HEADERS_MAX = 256
-_fold_once_classes: dict[type, type] = {}
-_FOLD_ONCE_HEADERS = ("From", "Subject")
-
-
-def _fold_once_class(cls: type) -> type:
-    sub = _fold_once_classes.get(cls)
-    if sub is None:
-        def fold(self: Any, *, policy: Any) -> str:
-            # Folding depends on the header (its parse tree comes from its value) and the policy only.
-            done = self.__dict__.setdefault("_dispatcher_folds", {})
-            hit = done.get(id(policy))
-            if hit is None or hit[0] is not policy:
-                hit = done[id(policy)] = (policy, cls.fold(self, policy=policy))
-            return hit[1]
-
-        sub = _fold_once_classes[cls] = type(cls.__name__, (cls,), {"fold": fold})
-    return sub
-
-
-def fold_once(message: EmailMessage) -> None:
-    """Give ``message`` header objects that fold once for all messages (same class, value, parse tree)."""
-    for name in _FOLD_ONCE_HEADERS:
-        header = message.get(name)
-        if header is None or not hasattr(header, "fold") or not hasattr(header, "__dict__"):
-            continue
-        # The registry makes a new class for every header it parses; its bases say what kind of header it is.
-        key = (type(header).__bases__, str(header))
-        shared = _folded_headers.get(key)
-        if shared is None:
-            if len(_folded_headers) >= _FOLDED_HEADERS_MAX:
-                continue  # values that change per message: nothing to share
-            header.__class__ = _fold_once_class(type(header))
-            shared = _folded_headers.setdefault(key, header)
-        message.replace_header(name, shared)
-
-
 def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> Outgoing:
     """The message for a claimed delivery; its reference names the delivery and this attempt."""
     renderer = _renderer(rt, record)
     reference = f"{delivery.id}.{delivery.attempts}"
     if delivery.channel is Channel.EMAIL:
         email = renderer.email(delivery.fields, delivery.receipt_url)
-        message = build_message(
+        raw = build_raw(
             email, to=delivery.contact, sender=rt.settings.email_sender,
             sender_name=rt.settings.email_sender_name, delivery_ref=reference, sent_at=clock.now(),
         )
-        fold_once(message)
-        return OutgoingEmail(reference, delivery.campaign_id, delivery.contact, message)
+        return OutgoingEmail(reference, delivery.campaign_id, delivery.contact, raw)
     text = renderer.sms(delivery.fields, delivery.receipt_url)
     return OutgoingSms(reference, delivery.campaign_id, delivery.contact, text, sms.parts(text),
                        expires_at=record.campaign.deadline)

@@ -6,7 +6,6 @@ the code as it was before the shortcut, kept here verbatim.
 
 from __future__ import annotations
 
-import email.policy
 import json
 import random
 import re
@@ -30,9 +29,7 @@ from dispatcher.contacts import (
     check_receipt_url,
     check_user_id,
 )
-from dispatcher.delivery import fold_once
 from dispatcher.ledger import Ledger
-from dispatcher.mime import build_message
 from dispatcher.privacy import mask_url
 from dispatcher.recipients import MAX_FIELD, validate_row
 from dispatcher.render import SMS_TEXT, Renderer, load_template_sources
@@ -343,23 +340,6 @@ def test_bulk_enqueue_takes_dramatiqs_path_when_a_middleware_hooks_enqueueing(re
     broker.enqueue_ids(rb, send_delivery, [1, 2])
     assert len(hooked) == 2
     assert [m.args for m in _queued_messages(redis.Redis.from_url(redis_url), broker.QUEUE)] == [(1,), (2,)]
-
-
-# E-mail headers ----------------------------------------------------------------------------------------
-def test_headers_folded_once_serialise_to_the_same_bytes(tmp_path) -> None:
-    campaign = load_campaign(write_campaign(tmp_path))
-    renderer = Renderer(campaign, load_template_sources(campaign), "regionpay_compensation_ml@giftpad.jp")
-    policies = [None, email.policy.SMTP, email.policy.default, email.policy.SMTPUTF8,
-                email.policy.SMTP.clone(max_line_length=40)]
-    for i, (name, sender_name) in enumerate([("佐藤 太郎", "地域クーポン regionPAY 補償事務局"), ("", "Office"),
-                                             ("鈴木" * 30, "地域クーポン regionPAY 補償事務局")] * 2):
-        content = renderer.email({"name": name, "amount": 1500 + i}, f"https://receive.example.jp/r/{i}")
-        message = build_message(content, to=f"u{i}@docomo.ne.jp", sender="regionpay_compensation_ml@giftpad.jp",
-                                sender_name=sender_name, delivery_ref=f"{i}.1", sent_at=clock.now())
-        before = [message.as_bytes(policy=p) if p else message.as_bytes() for p in policies]
-        fold_once(message)
-        assert [message.as_bytes(policy=p) if p else message.as_bytes() for p in policies] == before
-        assert message["From"].addresses[0].display_name == sender_name
 
 
 # Ledger ------------------------------------------------------------------------------------------------

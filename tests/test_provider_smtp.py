@@ -20,10 +20,10 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from dispatcher import clock
 from dispatcher.errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled, TransientError
-from dispatcher.mime import DELIVERY_HEADER, build_message
+from dispatcher.mime import DELIVERY_HEADER, build_message, build_raw
 from dispatcher.providers import build
 from dispatcher.providers.base import OutgoingEmail
-from dispatcher.providers.smtp import SmtpEmail, SmtpTarget
+from dispatcher.providers.smtp import SmtpEmail, SmtpTarget, _message_id
 from dispatcher.render import Email
 from dispatcher.settings import Settings, load_settings
 from dispatcher.states import Channel
@@ -127,6 +127,61 @@ def test_sends_one_mime_message_per_person_with_a_japanese_subject(server: SmtpS
         assert parsed[DELIVERY_HEADER] == out.reference
         # And the provider message id is the Message-ID that bounces will quote
         assert result.provider == "smtp" and f"<{result.message_id}>" == parsed["Message-ID"]
+
+
+def test_sends_the_raw_bytes_as_built(server: SmtpServer) -> None:
+    # Given messages built as bytes (build_raw), text-only and with an HTML part
+    provider = build(Channel.EMAIL, smtp_settings(f"smtp://127.0.0.1:{server.port}"))
+    settings = load_settings()
+    sent = []
+    for i, html in enumerate([None, "<p>受取URL</p>"], start=1):
+        raw = build_raw(Email(SUBJECT, f"受取URL: https://receive.example.jp/r/{i}\n", html), to=LEGACY,
+                        sender=settings.email_sender, sender_name="補償事務局", delivery_ref=f"{i}.1",
+                        sent_at=clock.now())
+        sent.append(OutgoingEmail(f"{i}.1", "camp", LEGACY, raw))
+    # When they are sent
+    results = [provider.send(o) for o in sent]
+    provider.close()
+    # Then the server got exactly those bytes, and the result carries their Message-ID
+    assert [content for *_, content in server.mailbox.messages] == [o.content for o in sent]
+    for out, result in zip(sent, results, strict=True):
+        parsed = email.message_from_bytes(out.raw, policy=policy.default)
+        assert f"<{result.message_id}>" == parsed["Message-ID"]
+        assert parsed[DELIVERY_HEADER] == out.reference
+
+
+@pytest.mark.parametrize("ref", ["7.1", "123456789.12", "1" * 20 + ".12", "1" * 40 + ".1", "x" * 120])
+def test_the_message_id_read_from_the_bytes_is_the_parsed_one(ref: str) -> None:
+    # Whatever its length (a long Message-ID goes to a line of its own), the cheap scan of the raw header
+    # block finds what parsing the whole message finds
+    settings = load_settings()
+    fields: dict[str, Any] = {"to": LEGACY, "sender": settings.email_sender, "sender_name": "補償事務局",
+                              "delivery_ref": ref, "sent_at": clock.now()}
+    for html in (None, "<p>x</p>"):
+        raw = build_raw(Email(SUBJECT, "Message-ID: <not-this@body>\n", html), **fields)
+        message = build_message(Email(SUBJECT, "Message-ID: <not-this@body>\n", html), **fields)
+        from_raw = OutgoingEmail(ref, "camp", LEGACY, raw)
+        expected = str(from_raw.message["Message-ID"]).strip().strip("<>")
+        assert _message_id(from_raw, b"250 queued as Q1") == expected
+        assert expected.endswith(f".{ref}@giftpad.jp")
+        assert _message_id(OutgoingEmail(ref, "camp", LEGACY, message), b"") == \
+            str(message["Message-ID"]).strip("<>")
+
+
+def test_without_a_message_id_the_queue_id_is_the_result() -> None:
+    raw = b"From: a@example.jp\r\nSubject: x\r\n\r\nMessage-ID: <in-the-body@example.jp>\r\n"
+    assert _message_id(OutgoingEmail("7.1", "camp", "b@example.jp", raw), b"250 2.0.0 Ok: queued as 4QX7c") == "4QX7c"
+
+
+@pytest.mark.parametrize("raw", [
+    b"From: a@example.jp\r\nmessage-id:\r\n <folded@example.jp>\r\nSubject: x\r\n\r\nbody\r\n",
+    b"From: a@b\r\nMessage-ID: <a.b@\r\n example.jp>\r\n\r\nx",
+    b"Message-ID:   <x@y> (comment)  \r\nMessage-ID: <second@y>\r\n\r\n",
+    b"Subject: a\nMessage-ID: <lf-only@y>\n\nbody",
+])
+def test_the_message_id_scan_agrees_with_the_parser_on_odd_headers(raw: bytes) -> None:
+    parsed = email.message_from_bytes(raw, policy=policy.SMTP)["Message-ID"]
+    assert _message_id(OutgoingEmail("7.1", "camp", "b@example.jp", raw), b"") == str(parsed).strip().strip("<>")
 
 
 def test_reuses_one_connection_and_recycles_it_after_n_messages(server: SmtpServer) -> None:

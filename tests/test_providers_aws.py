@@ -10,7 +10,7 @@ import pytest
 
 from dispatcher import clock
 from dispatcher.errors import PermanentError, TransientError
-from dispatcher.mime import build_message
+from dispatcher.mime import build_message, build_raw
 from dispatcher.providers import build
 from dispatcher.providers.base import OutgoingEmail, OutgoingSms
 from dispatcher.render import Email
@@ -50,6 +50,22 @@ def test_ses_sends_the_raw_message_from_the_configured_sender(moto, monkeypatch)
     assert parsed["Subject"] == "件名です"
     assert parsed["To"] == "taro..yamada.@docomo.ne.jp"
     assert "https://receive.example.jp/r/abc" in parsed.get_body(("plain",)).get_content()
+
+
+def test_ses_sends_the_raw_bytes_as_built(moto, monkeypatch) -> None:
+    # Given a message built as bytes (build_raw), with an HTML part
+    monkeypatch.setenv("DISPATCHER_EMAIL_PROVIDER", "ses")
+    boto3.client("sesv2").create_email_identity(EmailIdentity="giftpad.jp")
+    settings = load_settings()
+    raw = build_raw(Email("件名です", "本文 https://receive.example.jp/r/abc\n", "<p>本文</p>"),
+                    to="taro..yamada.@docomo.ne.jp", sender=settings.email_sender, sender_name="補償事務局",
+                    delivery_ref="7.1", sent_at=clock.now())
+    # When SES sends it
+    result = build(Channel.EMAIL, settings).send(OutgoingEmail("7.1", "camp", "taro..yamada.@docomo.ne.jp", raw))
+    # Then SES got those very bytes
+    [sent] = moto.sent_emails()
+    assert sent["id"] == result.message_id
+    assert sent["raw_data"].encode("ascii") == raw
 
 
 def test_aws_clients_never_retry_by_themselves(moto, monkeypatch) -> None:

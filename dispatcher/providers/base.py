@@ -6,11 +6,14 @@ The base class owns the sequence (build the request, call, translate errors); a 
 
 from __future__ import annotations
 
+import email
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from typing import ClassVar
+from email.policy import SMTP
+from functools import cached_property
+from typing import ClassVar, cast
 
 from ..errors import ProviderError, TransientError
 from ..settings import Settings
@@ -23,7 +26,22 @@ class OutgoingEmail:
     reference: str
     campaign_id: str
     to: str
-    message: EmailMessage
+    #: The MIME message: its bytes (:func:`dispatcher.mime.build_raw`) or a message object.
+    content: EmailMessage | bytes
+
+    @cached_property
+    def raw(self) -> bytes:
+        """The bytes that go on the wire (what providers send)."""
+        content = self.content
+        return content if isinstance(content, bytes) else content.as_bytes()
+
+    @cached_property
+    def message(self) -> EmailMessage:
+        """The message object (parsed from the bytes when it holds bytes: costly, not for the send path)."""
+        content = self.content
+        if isinstance(content, EmailMessage):
+            return content
+        return cast(EmailMessage, email.message_from_bytes(content, policy=SMTP))
 
 
 @dataclass(frozen=True)

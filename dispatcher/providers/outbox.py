@@ -36,7 +36,7 @@ class EmailOutbox(Provider):
         message_id = f"outbox-{uuid.uuid4()}"
         final = folder / f"{_safe(outgoing.reference)}.eml"
         tmp = folder / f".{message_id}.tmp"
-        tmp.write_bytes(outgoing.message.as_bytes())
+        tmp.write_bytes(outgoing.raw)
         os.replace(tmp, final)
         return SendResult(self.name, message_id)
 

@@ -29,7 +29,7 @@ class SesEmail(Provider):
         request: dict[str, Any] = {
             "FromEmailAddress": self.settings.email_sender,
             "Destination": {"ToAddresses": [outgoing.to]},
-            "Content": {"Raw": {"Data": outgoing.message.as_bytes()}},
+            "Content": {"Raw": {"Data": outgoing.raw}},
             # Tags travel into every SES event: identifiers only, never personal data.
             "EmailTags": [
                 {"Name": "delivery", "Value": outgoing.reference.replace(".", "_")},

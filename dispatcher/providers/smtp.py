@@ -21,6 +21,7 @@ import smtplib
 import ssl
 import threading
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -40,6 +41,9 @@ SCHEMES: dict[str, tuple[Security, int]] = {
 THROTTLE_CODES = {421, 451, 452}
 _ENHANCED = re.compile(rb"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 _QUEUE_ID = re.compile(rb"queued as ([A-Za-z0-9._-]+)", re.IGNORECASE)
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID = re.compile(rb"^message-id:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_LINE_BREAK = re.compile(rb"\r?\n")
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class SmtpEmail(Provider):
     def _send(self, outgoing: Outgoing) -> SendResult:
         if not isinstance(outgoing, OutgoingEmail):
             raise PermanentError("smtp: not an e-mail", code="WrongChannel")
-        data = outgoing.message.as_bytes()
+        data = outgoing.raw
         session, reused = self._session()
         try:
             reply = self._attempt(session, outgoing.to, data, reused=reused)
@@ -279,11 +283,21 @@ def _scrub(text: bytes, to: str) -> bytes:
 
 def _message_id(outgoing: OutgoingEmail, reply: bytes) -> str:
     """The Message-ID (bounces quote it), or the server's queue id if the message somehow has none."""
-    header = outgoing.message.get("Message-ID")
+    content = outgoing.content
+    header = content.get("Message-ID") if isinstance(content, EmailMessage) else _raw_message_id(content)
     if header:
         return str(header).strip().strip("<>")
     found = _QUEUE_ID.search(reply)
     return found.group(1).decode() if found else ""
+
+
+def _raw_message_id(raw: bytes) -> str | None:
+    """The first Message-ID header of the header block, unfolded: no parse of the whole message."""
+    blank = _BLANK_LINE.search(raw)
+    found = _MESSAGE_ID.search(raw, 0, blank.start() if blank else len(raw))
+    if found is None:
+        return None
+    return _LINE_BREAK.sub(b"", found.group(1)).decode("ascii", "replace")
 
 
 def _as_bytes(value: bytes | str) -> bytes:
