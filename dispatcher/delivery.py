@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -105,6 +106,10 @@ def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None
             except Exception as exc:
                 if result.error is None:
                     result.error = exc
+    if len(ids) > 1:
+        tally = Counter(str(o.status or "skipped") for o in result.outcomes.values())
+        log.info("batch of %d deliveries: %s%s", len(ids), ", ".join(f"{n} {s}" for s, n in sorted(tally.items())),
+                 f", {len(result.left)} handed on" if result.left else "")
     return result
 
 
@@ -290,7 +295,8 @@ def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: d
         # Events that arrived before we could record the send are applied now (looked for after the commit).
         apply_pending(ledger, result.message_id, rt.breaker)
     rt.breaker.record_success(delivery.campaign_id)
-    log.info("%s: sent via %s", who, provider.name)
+    # In a batch, one line per batch says what happened (the ledger has every send); alone, one per send.
+    log.log(logging.DEBUG if after is not None else logging.INFO, "%s: sent via %s", who, provider.name)
     return Outcome(Status.SENT)
 
 

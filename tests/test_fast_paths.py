@@ -392,6 +392,21 @@ def test_bulk_insert_stores_what_a_row_by_row_insert_stores(ledger: Ledger, monk
     assert ledger.get(bulk).fields == _row(1)["fields"] and ledger.get(generic).fields == _row(2)["fields"]
 
 
+def test_a_move_from_the_callers_copy_returns_the_row_as_stored(ledger: Ledger) -> None:
+    # PostgreSQL returns only the attempt count then and rebuilds the rest from the copy: it must match.
+    [d] = ledger.add_deliveries("test-campaign", [_row(1)])
+    claimed = ledger.claim(d, current=ledger.get(d))
+    assert claimed == ledger.get(d) and claimed.status is Status.SENDING and claimed.attempts == 1
+    now = clock.now()
+    sent = ledger.move(d, Status.SENT, actor="worker", current=claimed, now=now, values={
+        "provider": "outbox", "provider_message_id": "m-1", "reason": None, "last_event_at": now,
+        "first_sent_at": now, "sms_parts": 2})
+    assert sent == ledger.get(d) and sent.provider_message_id == "m-1" and sent.first_sent_at == now
+    back = ledger.move(d, Status.DELIVERED, actor="feedback", current=sent, values={"not_before": now})
+    assert back == ledger.get(d) and back.not_before == now
+    assert ledger.claim(d, current=back) is None
+
+
 def test_a_move_from_an_old_copy_rereads_and_decides_as_before(ledger: Ledger) -> None:
     [d] = ledger.add_deliveries("test-campaign", [_row(1)])
     queued = ledger.get(d)

@@ -13,7 +13,7 @@ import random
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
@@ -165,6 +165,12 @@ class Delivery:
             provider_code=m["provider_code"], reason=m["reason"], sms_parts=m["sms_parts"],
             first_sent_at=m["first_sent_at"], last_event_at=m["last_event_at"],
         )
+
+
+#: Columns a move may set that a Delivery carries as they are (a slim move rebuilds the Delivery from them).
+_SLIM_KEYS = frozenset({"status", "updated_at", "attempts", "not_before", "provider", "provider_message_id",
+                        "provider_code", "reason", "sms_parts", "first_sent_at", "last_event_at"})
+_DELIVERY_FIELDS = frozenset(f.name for f in fields(Delivery)) - {"status", "attempts"}
 
 
 @dataclass(frozen=True)
@@ -515,10 +521,11 @@ class Ledger:
                 self._move_statements[shape] = stmt
         return stmt
 
-    def _pg_move_statement(self, keys: tuple[str, ...], *, claim: bool, exact: bool, message: bool) -> Any:
+    def _pg_move_statement(self, keys: tuple[str, ...], *, claim: bool, exact: bool, message: bool,
+                           slim: bool = False) -> Any:
         """PostgreSQL: the compare-and-set, the provider message id, the counters and the audit row of a move
-        as one statement (built once per shape)."""
-        shape = ("pg", keys, claim, exact, message)
+        as one statement (built once per shape). ``slim``: it returns only the attempt count."""
+        shape = ("pg", keys, claim, exact, message, slim)
         stmt = self._move_statements.get(shape)
         if stmt is not None:
             return stmt
@@ -544,12 +551,13 @@ class Ledger:
         sql.append(", trail AS (INSERT INTO transitions (delivery_id, campaign_id, at, from_status, to_status, "
                    "attempt, provider_code, detail, actor) SELECT id, campaign_id, :at, :_from, :to_status, "
                    ":attempt, :provider_code, :detail, :actor FROM moved)")
-        sql.append(" SELECT * FROM moved")
+        sql.append(" SELECT attempts FROM moved" if slim else " SELECT * FROM moved")
         typed = [bindparam(f"v_{k}", type_=deliveries.c[k].type) for k in keys]
         typed.append(bindparam("at", type_=transitions.c.at.type))
         if claim:
             typed.append(bindparam("_now", type_=deliveries.c.not_before.type))
-        stmt = text("".join(sql)).bindparams(*typed).columns(*deliveries.c)
+        stmt = text("".join(sql)).bindparams(*typed).columns(
+            *([deliveries.c.attempts] if slim else deliveries.c))
         with self._cache_lock:
             self._move_statements[shape] = stmt
         return stmt
@@ -614,13 +622,20 @@ class Ledger:
             }
             if self.dialect == "postgresql" and keys is not None:
                 # One statement does it all (a data-modifying WITH is atomic on its own): two round trips.
-                stmt = self._pg_move_statement(keys, claim=_claim, exact=not as_read, message=bool(message_id))
+                # With the caller's copy matched exactly, the row after the move is that copy with the new
+                # values: only the attempt count comes back (reading every column back costs more than the rest).
+                slim = not as_read and _SLIM_KEYS.issuperset(keys)
+                stmt = self._pg_move_statement(keys, claim=_claim, exact=not as_read, message=bool(message_id),
+                                               slim=slim)
                 with self._one_statement() as conn:
                     row = conn.execute(stmt, {**params, **record}).first()
                 if row is None:
                     if _claim and as_read:
                         return None
                     continue  # changed under us (or the caller's copy was old): read it and decide again
+                if slim:
+                    changed = {k: v for k, v in new_values.items() if k in _DELIVERY_FIELDS}
+                    return replace(current, **changed, status=to, attempts=row[0])
                 return Delivery.from_row(row)
             stmt = (self._move_statement(keys, claim=_claim, exact=not as_read) if keys is not None
                     else self._build_move(new_values, claim=_claim, exact=not as_read))
