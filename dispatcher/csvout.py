@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Spaces a spreadsheet may skip before it looks for a formula (ASCII, no-break and ideographic).
+_LEADING_SPACE = " \u00a0\u3000"
+
+
+def formula_like(text: str) -> bool:
+    """Whether a spreadsheet could take this cell for a formula: OWASP's starts, also after leading spaces
+    and in their full-width or small forms (``＝``, ``＋``, ``－``, ``＠``), which Japanese Excel may read as
+    the ASCII ones."""
+    if text.startswith(_FORMULA_START):
+        return True
+    head = text.lstrip(_LEADING_SPACE)[:1]
+    return bool(head) and unicodedata.normalize("NFKC", head)[:1] in ("=", "+", "-", "@")
 
 
 def neutralise(value: Any) -> str:
     """Prefix a quote to a cell a spreadsheet would run as a formula (``=cmd|...``)."""
     text = "" if value is None else str(value)
     text = text.encode("utf-8", "replace").decode("utf-8")  # undecodable input bytes become U+FFFD
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return "'" + text if formula_like(text) else text
 
 
 class SafeCsvWriter:

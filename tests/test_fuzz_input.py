@@ -36,8 +36,14 @@ from dispatcher.recipients import MAX_FIELD, SNIFF_BYTES
 ROOT = Path(__file__).resolve().parent.parent
 CAMPAIGN = ROOT / "config" / "campaigns" / "regionpay-2023-app.toml"
 ENCODINGS = ["utf-8", "utf-8-sig", "cp932", "latin-1"]
-#: What a spreadsheet would run as a formula (OWASP's list: = + - @ and a leading tab or CR).
+#: What a spreadsheet would run as a formula (OWASP's list: = + - @ and a leading tab or CR), also after
+#: leading spaces and in full-width or small forms (Japanese Excel may read ＝ as =).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_LOOKALIKES = "=+-@＝＋－＠﹦﹢﹣"
+
+
+def formula_looking(value: str) -> bool:
+    return value.startswith(FORMULA_START) or value.lstrip(" \u00a0\u3000")[:1] in tuple(FORMULA_LOOKALIKES)
 
 #: Examples per property (bounded for CI; DISPATCHER_FUZZ_EXAMPLES=5000 for a deeper hunt).
 EXAMPLES = int(os.environ.get("DISPATCHER_FUZZ_EXAMPLES", "250"))
@@ -56,6 +62,7 @@ PLAUSIBLE = [
 FORMULAS = [
     "=cmd|' /C calc'!A0", "=1+2", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\t=1+1", "\r=1+1",
     '=HYPERLINK("http://evil.example/","click")', "+81 90 1234 5678", "-", "=", "@",
+    "＝cmd|' /C calc'!A0", "＋1", "－2", "＠SUM(A1)", "﹦1", " =1+1", "\u3000=1+1", "\u00a0＝1",
 ]
 TRICKS = [
     "\u202eexe.pdf", "a\u200bb", "\u200b", "\ufeff", "\ufeffuser_id", "ＡＢＣ１２３", "ｕｓｅｒ＠ｅｘａｍｐｌｅ．ｊｐ",
@@ -233,7 +240,7 @@ def read_rejects(path: Path) -> list[list[str]]:
     records = list(csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline="")))
     for record in records:
         for value in record:
-            assert not value.startswith(FORMULA_START), f"formula-looking cell in the rejects file: {value[:40]!r}"
+            assert not formula_looking(value), f"formula-looking cell in the rejects file: {value[:40]!r}"
     return records
 
 
@@ -278,7 +285,7 @@ def test_generated_lists_are_read_row_for_row_and_never_crash(model: Model) -> N
 
 
 def neutral(value: str) -> str:
-    return "'" + value if value.startswith(FORMULA_START) else value
+    return "'" + value if formula_looking(value) else value
 
 
 @pytest.mark.timeout(240)

@@ -545,3 +545,18 @@ def test_enqueue_campaign_with_no_rows_accepts_nothing() -> None:
     result = enqueue_campaign(SHIPPED, [], dry_run=True)
 
     assert (result.rows, result.accepted, result.rejected) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("cell", ["＝cmd|' /C calc'!A0", "＋81 90", "－1", "＠SUM(A1)", "﹦1", " =1+1", "\u3000=1",
+                                  "\u00a0＝1", "=1", "\t1", "\r1"])
+def test_formula_cells_are_neutralised_also_in_full_width_and_after_spaces(cell: str) -> None:
+    from dispatcher.csvout import neutralise
+
+    assert neutralise(cell) == "'" + cell
+
+
+@pytest.mark.parametrize("cell", ["山田", "090-1234-5678", "ＡＢＣ", "　山田", " a", "", "'=1"])
+def test_ordinary_cells_are_written_as_they_are(cell: str) -> None:
+    from dispatcher.csvout import neutralise
+
+    assert neutralise(cell) == cell
