@@ -156,6 +156,17 @@ def _deliver(rt: Runtime, delivery_id: int,
     # Build the provider client now (the first one in a process takes a few hundred ms), not between the
     # rate slot and the call: that gap would push a whole second's sends into the next provider second.
     rt.provider(delivery.channel)
+    # The rate slot is taken before the claim: waiting for it can take seconds, and a worker that dies while
+    # it waits must leave the delivery claimable, not in `sending` (which the sweep would call `unknown`).
+    # An SMS costs its parts, counted at enqueue from the same template and fields.
+    cost = (delivery.sms_parts or 1) if delivery.channel is Channel.SMS else 1
+    slot = Slot(uuid.uuid4().hex, cost)
+    wait = rt.limits.acquire(delivery.channel, delivery.contact, cost=cost, token=slot.token)
+    if wait > 0:
+        again = clock.now() + timedelta(seconds=wait)
+        ledger.defer(delivery_id, again)
+        log.info("delivery %s: quota or rate limit, next slot in %.0fs", delivery_id, wait)
+        return Outcome(delivery.status, again_at=again)
     claimed = ledger.claim(delivery_id, now=clock.now(), current=delivery)
     if claimed is None:
         return Outcome(None)  # another worker has it
@@ -165,22 +176,6 @@ def _deliver(rt: Runtime, delivery_id: int,
         ledger.move(delivery_id, Status.FAILED, actor="worker", detail=str(exc), provider_code="render",
                     values={"reason": str(exc)})
         return Outcome(Status.FAILED)
-    # Take the rate slot last, right before the provider call, so slot time and send time stay close.
-    slot = uuid.uuid4().hex
-    try:
-        wait = rt.limits.acquire(claimed.channel, claimed.contact, cost=getattr(outgoing, "parts", 1), token=slot)
-    except Exception:
-        # Redis (rate limits) unreachable: nothing left for the provider, so give the claim back. Left in
-        # `sending`, the sweep would call it `unknown` and nobody would ever send it.
-        ledger.move(delivery_id, Status.RETRYING, actor="worker", expect=[Status.SENDING],
-                    detail="rate limiter unavailable: not attempted", values={"attempts": claimed.attempts - 1})
-        raise
-    if wait > 0:
-        again = clock.now() + timedelta(seconds=wait)
-        ledger.move(delivery_id, Status.RETRYING, actor="worker", expect=[Status.SENDING],
-                    detail=f"quota or rate limit: not attempted, next slot in {wait:.0f}s",
-                    values={"attempts": claimed.attempts - 1, "not_before": again})
-        return Outcome(Status.RETRYING, again_at=again)
     return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot, after=after)
 
 
@@ -247,17 +242,25 @@ def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> O
                        expires_at=record.campaign.deadline)
 
 
-def _call(rt: Runtime, provider: Provider, delivery: Delivery, outgoing: Outgoing, slot: str | None) -> SendResult:
+@dataclass(frozen=True)
+class Slot:
+    """A send's place under the rate limits: its token and what it cost (SMS: message parts)."""
+
+    token: str
+    cost: int = 1
+
+
+def _call(rt: Runtime, provider: Provider, delivery: Delivery, outgoing: Outgoing, slot: Slot | None) -> SendResult:
     """The provider call; when it is over, its rate slot counts from then (it may have arrived then)."""
     try:
         return provider.send(outgoing)
     finally:
         if slot is not None:
-            rt.limits.sent(delivery.channel, delivery.contact, slot, cost=getattr(outgoing, "parts", 1))
+            rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
 
 
 def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: datetime,
-                 slot: str | None = None, after: _AfterBatch | None = None) -> Outcome:
+                 slot: Slot | None = None, after: _AfterBatch | None = None) -> Outcome:
     ledger = rt.ledger
     provider = rt.provider(delivery.channel)
     who = f"delivery {delivery.id} ({mask_contact(delivery.channel, delivery.contact)})"

@@ -430,3 +430,36 @@ def test_circuit_breaker_pauses_a_campaign_with_too_many_permanent_failures(aws,
         assert final[("email", "sent")] == 108
     finally:
         rt.close()
+
+
+def test_a_send_waiting_for_its_rate_slot_has_not_claimed_its_delivery(tmp_path, aws, proxy, moto,
+                                                                        monkeypatch) -> None:
+    import threading
+
+    # Given a cap of one e-mail a second, and one e-mail just sent
+    monkeypatch.setenv("DISPATCHER_EMAIL_RATE", "1")
+    rt = Runtime(load_settings())
+    try:
+        clock.start_at(jst(2023, 4, 5, 10, 0))
+        ids = list(enqueue_in_process(rt, tmp_path, "slot", person_rows(2, sms_every=100),
+                                       send_by="2023-05-28T20:00:00+09:00").values())
+        assert deliver(rt, ids[0]).status is Status.SENT
+
+        # When the next one waits for its slot
+        outcomes: list = []
+        waiting = threading.Thread(target=lambda: outcomes.append(deliver(rt, ids[1])))
+        started = time.monotonic()
+        waiting.start()
+        seen: list[tuple[float, Status]] = []
+        while waiting.is_alive():
+            seen.append((time.monotonic() - started, rt.ledger.get(ids[1]).status))
+            time.sleep(0.02)
+        waiting.join()
+
+        # Then it stayed claimable while it waited (a worker killed then leaves no `sending` behind), and went
+        assert outcomes[0].status is Status.SENT and len(moto.sent_emails()) == 2
+        assert seen[-1][0] > 0.5, seen  # it did wait
+        queued_late = [at for at, status in seen if status is Status.QUEUED and at > 0.5]
+        assert queued_late, seen
+    finally:
+        rt.close()
