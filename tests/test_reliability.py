@@ -110,7 +110,7 @@ def sweep_figures(log: str) -> dict[str, int]:
             "marked_unknown_by_sweeps": sum(marked)}
 
 
-# A fault between the claim and the provider call ---------------------------------------------------
+# A fault before the provider call ---------------------------------------------------
 def test_a_send_that_cannot_reach_the_rate_limiter_is_handed_back_not_stranded(
         tmp_path, redis_url, sqlite_ledger, monkeypatch) -> None:
     # Given an e-mail under a global rate limit, and Redis (where the limit lives) gone
@@ -120,13 +120,13 @@ def test_a_send_that_cannot_reach_the_rate_limiter_is_handed_back_not_stranded(
     ids: list[int] = []
     enqueue_campaign(write_campaign(tmp_path, "norate"), person_rows(1, sms_every=10**9), settings=down.settings,
                      ledger=down.ledger, dispatch=ids.extend)
-    # When a worker has claimed it and asks for a rate slot
+    # When a worker asks for its rate slot (which comes before the claim)
     with pytest.raises(redis.ConnectionError):
         deliver(down, ids[0])
-    # Then it is back in the ledger as due work, not left in `sending` for the sweep to call `unknown`
+    # Then it was never claimed: due work in the ledger, not left in `sending` for the sweep to call `unknown`
     delivery = down.ledger.get(ids[0])
-    assert (delivery.status, delivery.attempts) == (Status.RETRYING, 0)
-    assert [t["to_status"] for t in down.ledger.history(ids[0])] == ["queued", "sending", "retrying"]
+    assert (delivery.status, delivery.attempts) == (Status.QUEUED, 0)
+    assert [t["to_status"] for t in down.ledger.history(ids[0])] == ["queued"]
     assert ids[0] in down.ledger.due(clock.now())
     down.close()
     # And once Redis answers again it is sent, once
