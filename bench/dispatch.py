@@ -307,9 +307,12 @@ def main() -> None:
                         help="seconds of py-spy samples of one worker during the run (0: none)")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--timeout", type=float, default=540.0, help="seconds each pool may run")
+    parser.add_argument("--noop-messages", type=int, default=200_000,
+                        help="messages for each no-op baseline run (at most --deliveries)")
     args = parser.parse_args()
     global TIMEOUT
     TIMEOUT = args.timeout
+    noop_n = min(args.deliveries, args.noop_messages)
     sys.path.insert(0, str(ROOT))
     from dispatcher.redis_server import EmbeddedRedis
 
@@ -321,7 +324,7 @@ def main() -> None:
     client = redis.Redis.from_url(redis_url)
     try:
         client.flushall()
-        noop_before, noop_cpu_before = run_noop(redis_url, n, args.prefetch)
+        noop_before, noop_cpu_before = run_noop(redis_url, noop_n, args.prefetch)
         print(f"baseline: no-op Dramatiq actor, {PROCESSES}×{THREADS}, prefetch {args.prefetch}: "
               f"{noop_before:,.0f} msg/s, {noop_cpu_before:.2f} ms CPU/msg", flush=True)
 
@@ -348,7 +351,7 @@ def main() -> None:
               flush=True)
 
         client.flushall()
-        noop_after, noop_cpu_after = run_noop(redis_url, n, args.prefetch)
+        noop_after, noop_cpu_after = run_noop(redis_url, noop_n, args.prefetch)
         print(f"baseline again: no-op {noop_after:,.0f} msg/s, {noop_cpu_after:.2f} ms CPU/msg", flush=True)
     finally:
         server.stop()
@@ -375,7 +378,8 @@ def main() -> None:
         "|---|---|---|---|---|",
         f"| full path: claim, render, rate-limit check, send (outbox), record `sent`; {PROCESSES} processes × "
         f"{THREADS} threads, prefetch {args.prefetch}, PostgreSQL ledger | ≥ 50 % of the no-op ceiling — {verdict} "
-        f"| {ours.rate:,.0f} deliveries/s ({ours.n:,} in {ours.seconds:.1f} s) | no-op Dramatiq actor, same pool: "
+        f"| {ours.rate:,.0f} deliveries/s ({ours.n:,} in {ours.seconds:.1f} s) | no-op Dramatiq actor, same pool, "
+        f"{noop_n:,} messages: "
         f"{noop_before:,.0f}/s before, {noop_after:,.0f}/s after (mean {ceiling:,.0f}/s) | "
         f"{share:.0%} of the ceiling |",
         f"| CPU per delivery (workers + PostgreSQL + Redis) | — | {ours.cpu_ms:.2f} ms | no-op pool + Redis: "
@@ -387,7 +391,8 @@ def main() -> None:
     ]
     body = (
         f"## Dispatch ({n:,} deliveries)\n\n"
-        f"{machine()}; command: `.venv/bin/python bench/dispatch.py --deliveries {n} --boto3 {args.boto3} --write`.\n"
+        f"{machine()}; command: `.venv/bin/python bench/dispatch.py --deliveries {n} --boto3 {args.boto3} "
+        f"--noop-messages {args.noop_messages} --timeout {TIMEOUT:.0f} --write`.\n"
         f"{result.new:,} deliveries ({result.by_channel['email']:,} e-mail, {result.by_channel['sms']:,} SMS) queued "
         f"before `dispatcher worker -p {PROCESSES} -t {THREADS}` starts; rate from the first to the last `sent` in "
         f"the ledger. Outbox afterwards: {ours.emails:,} .eml files + {ours.sms:,} SMS lines, "

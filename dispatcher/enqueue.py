@@ -26,12 +26,16 @@ from .recipients import Accepted, RecipientFile, Rejected, rows_from_dicts, vali
 from .render import Renderer, load_template_sources
 from .settings import Settings, load_settings
 from .states import Channel
+from .writer_process import ProcessWriter
 
 log = logging.getLogger(__name__)
 
 BATCH = 5000
 #: Interpreter switch interval (seconds) while the writer thread runs (see enqueue_campaign).
 WRITER_SWITCH_INTERVAL = 0.001
+#: Files at least this large are written by a process of their own (about 40,000 rows; smaller ones would
+#: spend more on starting it than they gain).
+PROCESS_WRITER_MIN_BYTES = 4_000_000
 #: Keep at most this many rejects in the returned result (all of them always go to the rejects file).
 REJECTS_IN_RESULT = 100_000
 
@@ -195,6 +199,7 @@ def enqueue_campaign(
         rejects_file = Path(rejects_path) if rejects_path else None
 
     own_ledger = ledger is None and not dry_run
+    default_dispatch = False
     if not dry_run:
         ledger = ledger or Ledger(settings.ledger_url)
         existing = ledger.campaign(campaign.id, fresh=True)
@@ -205,12 +210,21 @@ def enqueue_campaign(
             from .actors import dispatch_ids
 
             dispatch = dispatch_ids
+            default_dispatch = True
 
     writer: SafeCsvWriter | None = None
     batch: list[dict[str, Any]] = []
-    ledger_writer = None if dry_run or ledger is None else _Writer(ledger, campaign.id, dispatch, result)
+    ledger_writer: _Writer | ProcessWriter | None = None
+    if dry_run or ledger is None:
+        pass
+    elif (own_ledger and default_dispatch and source is not None and settings.redis_url
+          and source.size >= PROCESS_WRITER_MIN_BYTES):
+        # A large file: the writes get a process (and a core) of their own; see dispatcher.writer_process.
+        ledger_writer = ProcessWriter(settings.ledger_url, settings.redis_url, campaign.id, result)
+    else:
+        ledger_writer = _Writer(ledger, campaign.id, dispatch, result)
     switch_interval = sys.getswitchinterval()
-    if ledger_writer is not None and ledger is not None and ledger.dialect != "sqlite":
+    if isinstance(ledger_writer, _Writer) and ledger is not None and ledger.dialect != "sqlite":
         # The writer thread waits on the database server and Redis many times per batch, and each time it must
         # get the interpreter lock back from the thread that validates rows: by default that takes up to 5 ms,
         # which made the writer, not the database, the bottleneck. A shorter interval hands the lock back

@@ -145,11 +145,12 @@ def test_a_send_that_cannot_reach_the_rate_limiter_is_handed_back_not_stranded(
 @pytest.mark.timeout(budget(CHAOS_SIZE, 15, floor=400))
 def test_killing_worker_processes_never_double_sends_and_loses_no_one(
         tmp_path, redis_url, sqlite_ledger, recovery, dispatcher_cmd, monkeypatch) -> None:
-    # Given a campaign of CHAOS_SIZE people (two e-mails per SMS), paced to last at least 30 s
+    # Given a campaign of CHAOS_SIZE people (two e-mails per SMS), paced to last long enough for every kill
+    # (each needs the pool up KILL_AFTER seconds, and a few to start) and at least 30 s
     n = CHAOS_SIZE
     figures = Figures("crash")
     outputs: list[tuple[str, str]] = []
-    pace(monkeypatch, n, 30)
+    pace(monkeypatch, n, max(30.0, KILLS * (KILL_AFTER + 3) + 10))
     enqueue(dispatcher_cmd, tmp_path, "crash", person_rows(n), outputs)
     ledger = Ledger(sqlite_ledger)
 
