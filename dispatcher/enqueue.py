@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .ledger import Ledger
 from .recipients import Accepted, RecipientFile, Rejected, rows_from_dicts, validate_row
 from .render import Renderer, load_template_sources
+from .rowmap import RowsByHash
 from .settings import Settings, load_settings
 from .states import Channel
 from .writer_process import ProcessWriter
@@ -79,27 +80,35 @@ class _Checker:
         self.renderer = renderer
         self.thorough = thorough
         self.sms_max_units = 0
-        self.seen: dict[int, int] = {}  # hash(user_id) -> first row: duplicates within this file
+        self.seen = RowsByHash()  # hash(user_id) -> first accepted row: duplicates within this file
         self._email_checked = False
 
     def check(self, row: int, values: dict[str, str]) -> tuple[Accepted, int]:
         accepted = validate_row(row, values, self.campaign)
-        first = self.seen.get(hash(accepted.user_id))
+        key = hash(accepted.user_id)
+        first = self.seen.claim(key, row)
         if first is not None:
             raise FieldError("user_id", f"duplicate of row {first}")
-        parts = 0
+        try:
+            return accepted, self._check_rendered(accepted)
+        except BaseException:
+            self.seen.release(key)  # refused after all: a later row with this id is not a duplicate of it
+            raise
+
+    def _check_rendered(self, accepted: Accepted) -> int:
+        """What the templates make of an accepted row; the SMS parts (0 for an e-mail)."""
         if accepted.channel is Channel.SMS:
             units, parts = sms.measure(self.renderer.sms(accepted.fields, accepted.receipt_url))
             if units > self.campaign.sms_max_chars:
                 raise FieldError("sms", f"rendered message is {units} characters, the campaign allows "
                                         f"{self.campaign.sms_max_chars}")
             self.sms_max_units = max(self.sms_max_units, units)
-        elif self.thorough or not self._email_checked:
+            return parts
+        if self.thorough or not self._email_checked:
             # Every row has the same columns, so one render proves the e-mail templates for all.
             self.renderer.email(accepted.fields, accepted.receipt_url)
             self._email_checked = True
-        self.seen[hash(accepted.user_id)] = row
-        return accepted, parts
+        return 0
 
 
 def _ledger_row(a: Accepted, parts: int) -> dict[str, Any]:

@@ -560,3 +560,18 @@ def test_ordinary_cells_are_written_as_they_are(cell: str) -> None:
     from dispatcher.csvout import neutralise
 
     assert neutralise(cell) == cell
+
+
+def test_a_row_refused_for_its_sms_does_not_make_the_next_row_with_its_id_a_duplicate(tmp_path: Path) -> None:
+    from tests.helpers import write_campaign
+
+    long_url = "https://receive.example.jp/r/" + "x" * 200
+    rows = [
+        {"user_id": "S1", "email": "", "phone": "090-1234-5678", "receipt_url": long_url},
+        {"user_id": "S1", "email": "s1@example.jp", "receipt_url": "https://receive.example.jp/r/s1"},
+        {"user_id": "S1", "email": "again@example.jp", "receipt_url": "https://receive.example.jp/r/s1b"},
+    ]
+    result = enqueue_campaign(write_campaign(tmp_path), rows, dry_run=True)
+    assert [(r.row, r.reason.split(":")[0]) for r in result.rejects] == [(2, "sms"), (4, "user_id")]
+    assert result.rejects[1].reason == "user_id: duplicate of row 3"
+    assert result.accepted == 1
