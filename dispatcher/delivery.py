@@ -260,7 +260,7 @@ def _call(rt: Runtime, provider: Provider, delivery: Delivery, outgoing: Outgoin
 
 
 def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: datetime,
-                 slot: Slot | None = None, after: _AfterBatch | None = None) -> Outcome:
+                 slot: Slot | None, after: _AfterBatch) -> Outcome:
     ledger = rt.ledger
     provider = rt.provider(delivery.channel)
     who = f"delivery {delivery.id} ({mask_contact(delivery.channel, delivery.contact)})"
@@ -292,14 +292,10 @@ def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: d
     if moved is None:
         # Someone settled it first (an operator, the sweep); keep their verdict, note the message id.
         ledger.note_message_id(delivery.id, provider.name, result.message_id)
-    if after is not None:
-        after.message_ids.append(result.message_id)
-    elif ledger.events_waiting(result.message_id):
-        # Events that arrived before we could record the send are applied now (looked for after the commit).
-        apply_pending(ledger, result.message_id, rt.breaker)
+    after.message_ids.append(result.message_id)  # its early provider events are looked for after the batch
     rt.breaker.record_success(delivery.campaign_id)
-    # In a batch, one line per batch says what happened (the ledger has every send); alone, one per send.
-    log.log(logging.DEBUG if after is not None else logging.INFO, "%s: sent via %s", who, provider.name)
+    # One line per batch says what happened (the ledger has every send); this one only when debugging.
+    log.debug("%s: sent via %s", who, provider.name)
     return Outcome(Status.SENT)
 
 

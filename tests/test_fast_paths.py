@@ -435,16 +435,17 @@ def test_the_send_read_has_the_campaign_state_and_the_suppression(ledger: Ledger
 
     [d, e] = ledger.add_deliveries("test-campaign", [_row(1), _row(2)])
     ledger.suppress("u2@example.jp", Channel.EMAIL, "hard bounce", "test")
-    delivery, state, version, suppressed = ledger.for_send(d)
+    delivery, state, version, suppressed = ledger.for_send_many([d])[d]
     assert delivery == ledger.get(d) and state == "active" and version is not None and suppressed is None
-    assert ledger.for_send(e)[3] == "hard bounce"
+    assert ledger.for_send_many([e, d])[e][3] == "hard bounce"
     ledger.set_campaign_state("test-campaign", "paused", "test")
-    assert ledger.for_send(d)[1] == "paused" and ledger.for_send(d)[2] > version
-    assert ledger.for_send(10**9) is None
+    again = ledger.for_send_many([d, 10**9, d])
+    assert list(again) == [d] and again[d][1] == "paused" and again[d][2] > version
+    assert ledger.for_send_many([]) == {}
     with ledger.pinned():
         assert ledger.get(d) == delivery
         assert ledger.claim(d) is not None
-    assert not ledger.events_waiting("nothing")
+    assert ledger.events_waiting_for(["nothing"]) == set()
 
 
 def test_json_of_fields_is_what_json_dumps_writes() -> None:

@@ -78,17 +78,13 @@ _SQLITE_ADD_DELIVERY = (
 )
 # Statements of the send path, built once.
 _GET = select(deliveries).where(deliveries.c.id == bindparam("id"))
-_FOR_SEND_BASE = (
+_FOR_SEND = (
     select(deliveries, campaigns.c.state.label("campaign_state"), campaigns.c.updated_at.label("campaign_updated_at"),
            suppressions.c.reason.label("suppressed"))
     .select_from(deliveries.outerjoin(campaigns, campaigns.c.id == deliveries.c.campaign_id)
                  .outerjoin(suppressions, suppressions.c.contact == deliveries.c.contact))
 )
-_FOR_SEND = _FOR_SEND_BASE.where(deliveries.c.id == bindparam("id"))
-_FOR_SEND_MANY = _FOR_SEND_BASE.where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
-_EVENTS_WAITING = (select(provider_events.c.id)
-                   .where(provider_events.c.applied == 0, provider_events.c.message_id == bindparam("message_id"))
-                   .limit(1))
+_FOR_SEND_MANY = _FOR_SEND.where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
 _EVENTS_WAITING_MANY = (select(provider_events.c.message_id).distinct()
                         .where(provider_events.c.applied == 0,
                                provider_events.c.message_id.in_(bindparam("message_ids", expanding=True))))
@@ -461,18 +457,10 @@ class Ledger:
             finally:
                 self._pinned.conn = None
 
-    def for_send(self, delivery_id: int) -> tuple[Delivery, str | None, datetime | None, str | None] | None:
-        """What a worker reads before it may claim, in one query: the delivery, its campaign's ``state`` and
-        ``updated_at`` (both None when the campaign is missing) and the suppression reason for its contact."""
-        with self._one_statement() as conn:
-            row = conn.execute(_FOR_SEND, {"id": delivery_id}).first()
-        if row is None:
-            return None
-        m = row._mapping
-        return Delivery.from_row(row), m["campaign_state"], m["campaign_updated_at"], m["suppressed"]
-
     def for_send_many(self, ids: Sequence[int]) -> dict[int, tuple[Delivery, str | None, datetime | None, str | None]]:
-        """:meth:`for_send` for several deliveries in one query, by id (ids not in the ledger are left out)."""
+        """What a worker reads before it may claim, for several deliveries in one query, by id (ids not in the
+        ledger are left out): each delivery, its campaign's ``state`` and ``updated_at`` (both None when the
+        campaign is missing) and the suppression reason for its contact."""
         if not ids:
             return {}
         with self._one_statement() as conn:
@@ -490,11 +478,6 @@ class Ledger:
             return set()
         with self._one_statement() as conn:
             return {r[0] for r in conn.execute(_EVENTS_WAITING_MANY, {"message_ids": wanted})}
-
-    def events_waiting(self, message_id: str) -> bool:
-        """Whether an event for this message id waits for its send to be recorded (see feedback.apply)."""
-        with self._one_statement() as conn:
-            return conn.execute(_EVENTS_WAITING, {"message_id": message_id}).first() is not None
 
     @staticmethod
     def _build_move(new_values: dict[str, Any], *, claim: bool, exact: bool) -> Any:
