@@ -34,9 +34,12 @@ class EmailOutbox(Provider):
         folder = Path(self.settings.outbox_path) / "email" / _safe(outgoing.campaign_id)
         folder.mkdir(parents=True, exist_ok=True)
         message_id = f"outbox-{uuid.uuid4()}"
-        final = folder / f"{_safe(outgoing.reference)}.eml"
-        tmp = folder / f".{message_id}.tmp"
-        tmp.write_bytes(outgoing.raw)
+        # File names as plain strings: pathlib interns every path part it parses, and a name per message
+        # grew the interpreter's table of interned strings by megabytes over a large campaign.
+        final = os.path.join(folder, f"{_safe(outgoing.reference)}.eml")
+        tmp = os.path.join(folder, f".{message_id}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(outgoing.raw)
         os.replace(tmp, final)
         return SendResult(self.name, message_id)
 
