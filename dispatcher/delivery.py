@@ -250,17 +250,16 @@ class Slot:
     cost: int = 1
 
 
-def _call(rt: Runtime, provider: Provider, delivery: Delivery, outgoing: Outgoing, slot: Slot | None) -> SendResult:
+def _call(rt: Runtime, provider: Provider, delivery: Delivery, outgoing: Outgoing, slot: Slot) -> SendResult:
     """The provider call; when it is over, its rate slot counts from then (it may have arrived then)."""
     try:
         return provider.send(outgoing)
     finally:
-        if slot is not None:
-            rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
+        rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
 
 
 def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: datetime,
-                 slot: Slot | None, after: _AfterBatch) -> Outcome:
+                 slot: Slot, after: _AfterBatch) -> Outcome:
     ledger = rt.ledger
     provider = rt.provider(delivery.channel)
     who = f"delivery {delivery.id} ({mask_contact(delivery.channel, delivery.contact)})"

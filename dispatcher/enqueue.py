@@ -224,13 +224,11 @@ def enqueue_campaign(
     writer: SafeCsvWriter | None = None
     batch: list[dict[str, Any]] = []
     ledger_writer: _Writer | ProcessWriter | None = None
-    if dry_run or ledger is None:
-        pass
-    elif (own_ledger and default_dispatch and source is not None and settings.redis_url
-          and source.size >= PROCESS_WRITER_MIN_BYTES):
+    if (own_ledger and default_dispatch and source is not None and settings.redis_url
+            and source.size >= PROCESS_WRITER_MIN_BYTES):
         # A large file: the writes get a process (and a core) of their own; see dispatcher.writer_process.
         ledger_writer = ProcessWriter(settings.ledger_url, settings.redis_url, campaign.id, result)
-    else:
+    elif not dry_run and ledger is not None:
         ledger_writer = _Writer(ledger, campaign.id, dispatch, result)
     switch_interval = sys.getswitchinterval()
     if isinstance(ledger_writer, _Writer) and ledger is not None and ledger.dialect != "sqlite":
