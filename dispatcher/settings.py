@@ -6,15 +6,17 @@ file key. AWS credentials, region and endpoint are not ours: boto3's own chain r
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -24,7 +26,21 @@ from pydantic_settings import (
 from .errors import ConfigError
 
 ENV_PREFIX = "DISPATCHER_"
+#: Shared secrets and tokens shorter than this are refused.
+MIN_SECRET_LENGTH = 32
+_PLACEHOLDERS = ("change-me", "changeme", "change_me", "replace-me", "replaceme", "secret", "password",
+                 "example", "xxxxxxxx", "your-token", "your_token", "token", "todo", "test")
 DEFAULT_CONFIG_FILE = Path("config/dispatcher.toml")
+
+
+def weak_secret(value: str) -> str | None:
+    """Why a token or shared secret is unfit to guard anything, or None when it will do."""
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is {len(value)} characters long; at least {MIN_SECRET_LENGTH} are needed (e.g. openssl rand -hex 24)"
+    folded = value.strip().lower()
+    if any(folded.startswith(p) or folded.endswith(p) for p in _PLACEHOLDERS) or len(set(folded)) < 8:
+        return "looks like a placeholder; generate one (e.g. openssl rand -hex 24)"
+    return None
 
 
 def config_file() -> Path | None:
@@ -97,14 +113,24 @@ class Settings(BaseSettings):
     smtp_messages_per_connection: int = Field(default=100, ge=1, le=1000)
     sms_gateway_url: str | None = None
     sms_gateway_token: str | None = None
-    #: Shared secret for the HMAC-SHA256 signature on the gateway's delivery receipts.
+    #: Shared secret for the HMAC-SHA256 signature on the gateway's delivery receipts (>= 32 characters).
     sms_gateway_secret: str | None = None
     feedback_queue_url: str | None = None
-    #: SNS HTTPS subscriptions: accepted topics (empty: any) and, on closed networks, a folder of signing
-    #: certificates named as in their SigningCertURL.
-    sns_topic_arns: list[str] = Field(default_factory=list)
+    #: SNS HTTPS subscriptions: the accepted topics (a JSON list or comma-separated ARNs; empty: the route
+    #: answers 503, since a signature alone proves only that *some* AWS account sent it) and, on closed
+    #: networks, a folder of signing certificates named as in their SigningCertURL.
+    sns_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sns_certificate_dir: Path | None = None
+    #: Provider events that arrive before their send is recorded wait at most this long, this many at once.
+    pending_events_max: int = Field(default=100_000, ge=1)
+    pending_events_max_age_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    #: Dashboard sign-in (>= 32 characters, no placeholder) and a read-only token for /metrics scrapers.
     dashboard_token: str | None = None
+    metrics_token: str | None = None
+    #: Session cookies are Secure unless this is set (plain HTTP on loopback only).
+    dashboard_insecure_cookies: bool = False
+    #: Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDRs; JSON or commas).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     #: Retries of transient failures, with exponential backoff and jitter, never past send_by.
     max_attempts: int = Field(default=8, ge=1, le=50)
@@ -133,6 +159,30 @@ class Settings(BaseSettings):
     def _ascii_address(cls, value: str) -> str:
         if not value.isascii() or "@" not in value:
             raise ValueError("must be a 7-bit ASCII e-mail address")
+        return value
+
+    @field_validator("sns_topic_arns", "trusted_proxies", mode="before")
+    @classmethod
+    def _list_or_commas(cls, value: Any) -> Any:
+        """Environment values may be a JSON list or comma-separated; the TOML file gives a real list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    parsed = json.loads(text)
+                except ValueError:
+                    raise ValueError("not a valid JSON list") from None
+                return parsed
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("sms_gateway_secret", "metrics_token")
+    @classmethod
+    def _strong(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = weak_secret(value)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @field_validator("clock_start")
