@@ -305,8 +305,9 @@ def _retry_later(rt: Runtime, delivery: Delivery, exc: ProviderError, provider: 
     again = clock.now() + timedelta(seconds=delay)
     common = {"provider": provider, "reason": str(exc)}
     if delivery.attempts - delivery.attempts_base >= settings.max_attempts:
-        ledger.move(delivery.id, Status.FAILED, actor="worker", provider_code=exc.code, values=common,
-                    detail=f"gave up after {delivery.attempts} attempts: {exc}")
+        gave_up = f"gave up after {delivery.attempts} attempts: {exc}"  # the reason says retries ran out
+        ledger.move(delivery.id, Status.FAILED, actor="worker", provider_code=exc.code,
+                    values={**common, "reason": gave_up}, detail=gave_up)
         rt.breaker.record_failure(delivery.campaign_id)
         return Outcome(Status.FAILED)
     if again >= send_by:
