@@ -301,10 +301,12 @@ def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: d
 def _retry_later(rt: Runtime, delivery: Delivery, exc: ProviderError, provider: str, send_by: datetime) -> Outcome:
     ledger = rt.ledger
     settings = rt.settings
-    delay = exc.retry_after or backoff(delivery.attempts, settings.retry_base_seconds, settings.retry_max_seconds)
+    # Attempts since the last resend: after a resend the backoff starts again from the base, as the bound does.
+    since_resend = delivery.attempts - delivery.attempts_base
+    delay = exc.retry_after or backoff(since_resend, settings.retry_base_seconds, settings.retry_max_seconds)
     again = clock.now() + timedelta(seconds=delay)
     common = {"provider": provider, "reason": str(exc)}
-    if delivery.attempts - delivery.attempts_base >= settings.max_attempts:
+    if since_resend >= settings.max_attempts:
         gave_up = f"gave up after {delivery.attempts} attempts: {exc}"  # the reason says retries ran out
         ledger.move(delivery.id, Status.FAILED, actor="worker", provider_code=exc.code,
                     values={**common, "reason": gave_up}, detail=gave_up)
