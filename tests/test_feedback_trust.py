@@ -336,3 +336,105 @@ def test_refusals_never_quote_what_was_sent(trust: Trust, caplog: pytest.LogCapt
         assert trust.sns(message).status_code == 403
     # Then no log line quotes any of it
     assert "ATTACKER" not in caplog.text
+
+
+# --- early events, bounded and expiring ------------------------------------------------------------
+
+
+def test_early_events_are_applied_after_a_batch_send_records_the_message_id(
+        trust: Trust, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from dispatcher.delivery import deliver_many
+
+    from .test_provider_http_sms import TOKEN as GATEWAY_TOKEN
+    from .test_provider_http_sms import Gateway
+
+    gateway = Gateway()
+    thread = threading.Thread(target=gateway.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        trust.rt.settings = trust.rt.settings.model_copy(update={
+            "sms_provider": "http", "sms_gateway_url": gateway.url, "sms_gateway_token": GATEWAY_TOKEN})
+        ids = [d.id for d in trust.sms[:3]]
+        # Given receipts that arrive before the batch that sends them has recorded anything (the gateway
+        # numbers its messages gw-0001, gw-0002, ...)
+        early = trust.receipt([{"id": f"gw-{n:04d}", "status": "delivered"} for n in (1, 2, 3)])
+        assert early.text == "pending, pending, pending"
+        assert all(trust.status(d) is Status.QUEUED for d in trust.sms[:3])
+        # When one batch sends the three
+        result = deliver_many(trust.rt, ids)
+        assert result.error is None
+        # Then the waiting receipts were applied at the batch's end
+        assert [trust.status(d) for d in trust.sms[:3]] == [Status.DELIVERED] * 3
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+        thread.join(5)
+
+
+def test_waiting_events_are_bounded_oldest_dropped(trust: Trust) -> None:
+    from dispatcher.feedback.apply import PendingLimits, apply_pending, receive
+    from dispatcher.feedback.events import Kind, ProviderEvent
+
+    ledger = trust.rt.ledger
+    limits = PendingLimits(max_count=3, max_age=timedelta(days=1))
+    # Given five early events (sends not recorded yet), kept under a bound of three
+    for n in range(5):
+        event = ProviderEvent("http-gateway", "delivered", Kind.DELIVERED, f"gw-{n}", datetime.now(UTC))
+        assert receive(ledger, event, pending=limits).outcome == "pending"
+    # Then only the three newest wait
+    assert sorted(row["message_id"] for row in ledger.pending_events()) == ["gw-2", "gw-3", "gw-4"]
+    # And when the sends of the oldest and of a kept one are recorded, only the kept one is applied
+    old = mark_sent(trust.rt, trust.sms[0].id, "http", "gw-0")
+    kept = mark_sent(trust.rt, trust.sms[1].id, "http", "gw-3")
+    assert apply_pending(ledger, pending=limits) == 1
+    assert (trust.status(old), trust.status(kept)) == (Status.SENT, Status.DELIVERED)
+
+
+def test_expired_waiting_events_are_never_applied(trust: Trust) -> None:
+    from dispatcher import clock
+    from dispatcher.feedback.apply import PendingLimits, apply_pending, receive
+    from dispatcher.feedback.events import Kind, ProviderEvent
+
+    ledger = trust.rt.ledger
+    limits = PendingLimits(max_count=100, max_age=timedelta(hours=1))
+    # Given an early event received two hours ago
+    clock.start_at(datetime.now(UTC) - timedelta(hours=2))
+    stale = ProviderEvent("http-gateway", "failed", Kind.UNDELIVERABLE, "gw-old", datetime.now(UTC))
+    assert receive(ledger, stale, pending=limits).outcome == "pending"
+    clock.start_at(None)
+    # When its send is recorded now (and another early event is kept, which prunes)
+    d = mark_sent(trust.rt, trust.sms[0].id, "http", "gw-old")
+    assert apply_pending(ledger, pending=limits) == 0
+    fresh = ProviderEvent("http-gateway", "delivered", Kind.DELIVERED, "gw-new", datetime.now(UTC))
+    assert receive(ledger, fresh, pending=limits).outcome == "pending"
+    # Then the expired event was never applied, and it no longer waits
+    assert trust.status(d) is Status.SENT
+    assert [row["message_id"] for row in ledger.pending_events()] == ["gw-new"]
+
+
+# --- no provider free text in the ledger --------------------------------------------------------------
+
+
+def test_only_codes_are_kept_never_provider_free_text(trust: Trust) -> None:
+    from sqlalchemy import select
+
+    from dispatcher.ledger.schema import provider_events, transitions
+
+    # Given an e-mail sent through SES
+    d = mark_sent(trust.rt, trust.email[0].id, "ses", "ses-1")
+    url = f"{d.receipt_url.removeprefix('https://')}"
+    # When its hard bounce's diagnostic text echoes the receipt URL (without scheme) and the address
+    record = json.loads(ses("ses_bounce_permanent", d, "ses-1"))
+    record["bounce"]["bouncedRecipients"][0]["diagnosticCode"] = f"smtp; 550 5.1.1 <{d.contact}> {url} mailbox-gone"
+    assert trust.sns(trust.signer.notification(json.dumps(record))).status_code == 200
+    # Then the delivery bounced with the codes kept ...
+    got = trust.rt.ledger.get(d.id)
+    assert got is not None and got.status is Status.BOUNCED and "5.1.1" in (got.reason or "")
+    # ... and the free text is nowhere in the ledger's text columns
+    with trust.rt.ledger.read() as conn:
+        kept = [str(v) for row in conn.execute(select(provider_events)) for v in row]
+        kept += [str(v) for row in conn.execute(select(transitions)) for v in row]
+    kept += [got.reason or "", got.provider_code or ""]
+    assert not any(url in text or d.contact in text or "mailbox-gone" in text for text in kept)
