@@ -28,19 +28,32 @@ class Signer:
     def cert_url(self, host: str = "sns.ap-northeast-1.amazonaws.com", scheme: str = "https") -> str:
         return f"{scheme}://{host}/{self.cert_name}"
 
-    def notification(self, record: str, *, topic: str = ALLOWED_TOPIC, at: datetime | None = None,
-                     version: str = "2", digest: str | None = None, cert_url: str | None = None,
-                     kind: str = "Notification") -> dict[str, Any]:
+    def notification(
+        self,
+        record: str,
+        *,
+        topic: str = ALLOWED_TOPIC,
+        at: datetime | None = None,
+        version: str = "2",
+        digest: str | None = None,
+        cert_url: str | None = None,
+        kind: str = "Notification",
+    ) -> dict[str, Any]:
         """A Notification carrying ``record``, labelled ``version`` and signed with ``digest`` (by default
         the one the version names: 1 = SHA1, 2 = SHA256)."""
         message: dict[str, Any] = {
-            "Type": kind, "MessageId": f"sns-{abs(hash((record, topic, at))) % 10**12}", "TopicArn": topic,
-            "Message": record, "Timestamp": (at or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
-            "SignatureVersion": version, "SigningCertURL": cert_url or self.cert_url(),
+            "Type": kind,
+            "MessageId": f"sns-{abs(hash((record, topic, at))) % 10**12}",
+            "TopicArn": topic,
+            "Message": record,
+            "Timestamp": (at or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
+            "SignatureVersion": version,
+            "SigningCertURL": cert_url or self.cert_url(),
             "UnsubscribeURL": "https://sns.ap-northeast-1.amazonaws.com/?Action=Unsubscribe",
         }
-        algorithm = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}[digest or ("sha1" if version == "1"
-                                                                                   else "sha256")]
+        algorithm = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}[
+            digest or ("sha1" if version == "1" else "sha256")
+        ]
         signature = self.key.sign(string_to_sign(message), padding.PKCS1v15(), algorithm)
         return {**message, "Signature": base64.b64encode(signature).decode()}
 
@@ -50,9 +63,16 @@ def make_signer(folder: Path) -> Signer:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     folder.mkdir(parents=True, exist_ok=True)
     # A name never used before: verified certificates are cached by URL for the process.
     cert_name = f"SimpleNotificationService-{x509.random_serial_number():x}.pem"

@@ -62,8 +62,9 @@ class Trust:
         return self.rt.ledger.suppression_list() == []
 
 
-def mark_sent(rt: Runtime, delivery_id: int, provider: str, message_id: str | None,
-              to: Status = Status.SENT) -> Delivery:
+def mark_sent(
+    rt: Runtime, delivery_id: int, provider: str, message_id: str | None, to: Status = Status.SENT
+) -> Delivery:
     """The ledger as a worker leaves it after a send through ``provider`` (``UNKNOWN``: answer lost)."""
     assert rt.ledger.claim(delivery_id) is not None
     values: dict[str, Any] = {"provider": provider}
@@ -80,15 +81,23 @@ def trust(ledger_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.M
     from dispatcher.enqueue import enqueue_campaign
 
     signer = make_signer(tmp_path / "certs")
-    for key, value in {"DISPATCHER_SNS_TOPIC_ARNS": ALLOWED_TOPIC, "DISPATCHER_SNS_CERTIFICATE_DIR":
-                       str(tmp_path / "certs"), "DISPATCHER_SMS_GATEWAY_SECRET": SECRET,
-                       "DISPATCHER_DASHBOARD_TOKEN": TOKEN}.items():
+    for key, value in {
+        "DISPATCHER_SNS_TOPIC_ARNS": ALLOWED_TOPIC,
+        "DISPATCHER_SNS_CERTIFICATE_DIR": str(tmp_path / "certs"),
+        "DISPATCHER_SMS_GATEWAY_SECRET": SECRET,
+        "DISPATCHER_DASHBOARD_TOKEN": TOKEN,
+    }.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
     rt = install_runtime(settings)
     # Given four people by e-mail and four by SMS, enqueued
-    enqueue_campaign(write_campaign(tmp_path, CAMPAIGN), person_rows(8, sms_every=2), settings=settings,
-                     ledger=rt.ledger, dispatch=lambda ids: None)
+    enqueue_campaign(
+        write_campaign(tmp_path, CAMPAIGN),
+        person_rows(8, sms_every=2),
+        settings=settings,
+        ledger=rt.ledger,
+        dispatch=lambda ids: None,
+    )
     everyone = [rt.ledger.get(i) for i in rt.ledger.in_status(CAMPAIGN, [Status.QUEUED])]
     email = [d for d in everyone if d is not None and d.channel is Channel.EMAIL]
     sms = [d for d in everyone if d is not None and d.channel is Channel.SMS]
@@ -116,7 +125,8 @@ def test_sns_route_answers_503_without_a_topic_allow_list(trust: Trust, monkeypa
 
 
 def test_a_foreign_topic_moves_nothing_and_is_refused_before_any_certificate(
-        trust: Trust, caplog: pytest.LogCaptureFixture) -> None:
+    trust: Trust, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given an e-mail sent through SES
     d = mark_sent(trust.rt, trust.email[0].id, "ses", "ses-1")
     # When another AWS account's topic sends a complaint for it, validly signed
@@ -127,8 +137,11 @@ def test_a_foreign_topic_moves_nothing_and_is_refused_before_any_certificate(
     # And when its certificate cannot even be found, the refusal is still for the topic: it was checked
     # before any certificate was looked for (a foreign sender makes us fetch nothing)
     caplog.set_level(logging.WARNING, logger="dispatcher.feedback.http")
-    elsewhere = trust.signer.notification(ses("ses_complaint", d, "ses-1"), topic=FOREIGN_TOPIC,
-                                          cert_url="https://sns.ap-northeast-1.amazonaws.com/Other-1.pem")
+    elsewhere = trust.signer.notification(
+        ses("ses_complaint", d, "ses-1"),
+        topic=FOREIGN_TOPIC,
+        cert_url="https://sns.ap-northeast-1.amazonaws.com/Other-1.pem",
+    )
     assert trust.sns(elsewhere).status_code == 403
     assert "topic not allowed" in caplog.text and "certificate" not in caplog.text
     # And the same message from the allowed topic applies
@@ -136,8 +149,15 @@ def test_a_foreign_topic_moves_nothing_and_is_refused_before_any_certificate(
     assert trust.status(d) is Status.COMPLAINED and trust.rt.ledger.is_suppressed(d.contact) == "complaint"
 
 
-@pytest.mark.parametrize(("age", "accepted"), [(timedelta(minutes=30), True), (timedelta(hours=2), False),
-                                               (timedelta(days=3), False), (-timedelta(minutes=20), False)])
+@pytest.mark.parametrize(
+    ("age", "accepted"),
+    [
+        (timedelta(minutes=30), True),
+        (timedelta(hours=2), False),
+        (timedelta(days=3), False),
+        (-timedelta(minutes=20), False),
+    ],
+)
 def test_sns_replay_window(trust: Trust, age: timedelta, accepted: bool) -> None:
     # Given an e-mail sent through SES
     d = mark_sent(trust.rt, trust.email[0].id, "ses", "ses-1")
@@ -151,13 +171,16 @@ def test_sns_replay_window(trust: Trust, age: timedelta, accepted: bool) -> None
     assert trust.nothing_suppressed() is not accepted
 
 
-@pytest.mark.parametrize("cert_url", [
-    "https://evil.example.com/{name}",
-    "http://sns.ap-northeast-1.amazonaws.com/{name}",
-    "https://sns.ap-northeast-1.amazonaws.com.evil.example.com/{name}",
-    "https://sns.ap-northeast-1.amazonaws.com:8443/{name}",
-    "https://sns.ap-northeast-1.amazonaws.com/{name}.txt",
-])
+@pytest.mark.parametrize(
+    "cert_url",
+    [
+        "https://evil.example.com/{name}",
+        "http://sns.ap-northeast-1.amazonaws.com/{name}",
+        "https://sns.ap-northeast-1.amazonaws.com.evil.example.com/{name}",
+        "https://sns.ap-northeast-1.amazonaws.com:8443/{name}",
+        "https://sns.ap-northeast-1.amazonaws.com/{name}.txt",
+    ],
+)
 def test_certificate_url_must_be_an_https_sns_host(trust: Trust, cert_url: str) -> None:
     # Given an e-mail sent through SES, and our signing certificate in the certificate folder
     d = mark_sent(trust.rt, trust.email[0].id, "ses", "ses-1")
@@ -166,17 +189,19 @@ def test_certificate_url_must_be_an_https_sns_host(trust: Trust, cert_url: str) 
     url = cert_url.format(name=trust.signer.cert_name)
     if url.endswith(".txt"):
         (Path(str(trust.rt.settings.sns_certificate_dir)) / f"{trust.signer.cert_name}.txt").write_bytes(
-            (Path(str(trust.rt.settings.sns_certificate_dir)) / trust.signer.cert_name).read_bytes())
+            (Path(str(trust.rt.settings.sns_certificate_dir)) / trust.signer.cert_name).read_bytes()
+        )
     response = trust.sns(trust.signer.notification(ses("ses_bounce_permanent", d, "ses-1"), cert_url=url))
     # Then it is refused and nothing moves
     assert response.status_code == 403
     assert trust.status(d) is Status.SENT and trust.nothing_suppressed()
 
 
-@pytest.mark.parametrize(("version", "digest", "accepted"), [
-    ("1", "sha1", True), ("2", "sha256", True), ("1", "sha256", False), ("2", "sha1", False)])
-def test_signature_version_1_is_sha1_and_2_is_sha256(trust: Trust, version: str, digest: str,
-                                                      accepted: bool) -> None:
+@pytest.mark.parametrize(
+    ("version", "digest", "accepted"),
+    [("1", "sha1", True), ("2", "sha256", True), ("1", "sha256", False), ("2", "sha1", False)],
+)
+def test_signature_version_1_is_sha1_and_2_is_sha256(trust: Trust, version: str, digest: str, accepted: bool) -> None:
     # Given an e-mail sent through SES
     d = mark_sent(trust.rt, trust.email[0].id, "ses", "ses-1")
     # When a delivery event arrives labelled with one SignatureVersion and signed with a digest
@@ -192,8 +217,7 @@ def test_signature_version_1_is_sha1_and_2_is_sha256(trust: Trust, version: str,
 @pytest.mark.parametrize("state", [Status.SENT, Status.UNKNOWN])
 def test_a_signed_ses_complaint_for_an_sms_delivery_moves_nothing(trust: Trust, state: Status) -> None:
     # Given an SMS sent through End User Messaging (or whose answer was lost: no message id recorded)
-    sms = mark_sent(trust.rt, trust.sms[0].id, "sms-voice-v2", "shared-id" if state is Status.SENT else None,
-                    to=state)
+    sms = mark_sent(trust.rt, trust.sms[0].id, "sms-voice-v2", "shared-id" if state is Status.SENT else None, to=state)
     # When a signed SES complaint from our own topic names its message id and its reference
     record = json.loads(ses("ses_complaint", sms, "shared-id"))
     record["complaint"]["complainedRecipients"] = [{"emailAddress": "someone@example.jp"}]
@@ -250,6 +274,7 @@ def test_an_event_about_an_earlier_attempt_does_not_move_the_current_one(trust: 
     assert second.attempts == 2
     # When late events about the first attempt arrive: by its message id, and by its reference
     assert trust.sns(trust.signer.notification(ses("ses_delivery", first, "ses-1"))).status_code == 200
+    assert trust.sns(trust.signer.notification(ses("ses_bounce_permanent", first, "ses-1"))).status_code == 200
     assert trust.sns(trust.signer.notification(ses("ses_complaint", first, "ses-other"))).status_code == 200
     # Then the second attempt is still unknown (only its own outcome settles it) and nothing is suppressed
     assert trust.status(second) is Status.UNKNOWN and trust.nothing_suppressed()
@@ -269,8 +294,10 @@ def test_gateway_hmac_through_the_route(trust: Trust) -> None:
     # When receipts arrive with a wrong signature, with none, and with the right one
     bad = trust.receipt({"id": "gw-1", "status": "failed"}, signature="sha256=" + "0" * 64)
     missing = trust.receipt({"id": "gw-1", "status": "failed"}, signature=None)
-    other_secret = trust.receipt(b'{"id": "gw-1", "status": "failed"}', signature=sign_receipt(
-        b'{"id": "gw-1", "status": "failed"}', "another-secret-0123456789abcdefghij"))
+    other_secret = trust.receipt(
+        b'{"id": "gw-1", "status": "failed"}',
+        signature=sign_receipt(b'{"id": "gw-1", "status": "failed"}', "another-secret-0123456789abcdefghij"),
+    )
     good = trust.receipt([{"id": "gw-1", "status": "delivered"}, {"id": "gw-2", "status": "expired"}])
     # Then only the signed one is applied
     assert (bad.status_code, missing.status_code, other_secret.status_code) == (403, 403, 403)
@@ -282,8 +309,11 @@ def test_a_long_gateway_status_is_a_400_not_a_database_error(trust: Trust) -> No
     # Given an SMS sent through the gateway
     d = mark_sent(trust.rt, trust.sms[0].id, "http", "gw-1")
     # When a signed receipt carries fields longer than the ledger's columns
-    for item in ({"id": "gw-1", "status": "x" * 500}, {"id": "g" * 500, "status": "delivered"},
-                 {"id": "gw-1", "status": "delivered", "reference": "1" * 500}):
+    for item in (
+        {"id": "gw-1", "status": "x" * 500},
+        {"id": "g" * 500, "status": "delivered"},
+        {"id": "gw-1", "status": "delivered", "reference": "1" * 500},
+    ):
         response = trust.receipt(item)
         # Then it is the gateway's mistake (400, not a 5xx it would retry for ever), and nothing moved
         assert response.status_code == 400, (len(json.dumps(item)), response.status_code)
@@ -303,7 +333,7 @@ def test_feedback_body_limit(trust: Trust, path: str) -> None:
 
     def chunks() -> Iterator[bytes]:
         for start in range(0, len(too_big), 64 * 1024):
-            yield too_big[start:start + 64 * 1024]
+            yield too_big[start : start + 64 * 1024]
 
     # When a body over the limit arrives with its length declared, or chunked with no length at all
     declared = trust.http.post(path, content=too_big)
@@ -342,7 +372,8 @@ def test_refusals_never_quote_what_was_sent(trust: Trust, caplog: pytest.LogCapt
 
 
 def test_early_events_are_applied_after_a_batch_send_records_the_message_id(
-        trust: Trust, monkeypatch: pytest.MonkeyPatch) -> None:
+    trust: Trust, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     from dispatcher.delivery import deliver_many
@@ -354,8 +385,9 @@ def test_early_events_are_applied_after_a_batch_send_records_the_message_id(
     thread = threading.Thread(target=gateway.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        trust.rt.settings = trust.rt.settings.model_copy(update={
-            "sms_provider": "http", "sms_gateway_url": gateway.url, "sms_gateway_token": GATEWAY_TOKEN})
+        trust.rt.settings = trust.rt.settings.model_copy(
+            update={"sms_provider": "http", "sms_gateway_url": gateway.url, "sms_gateway_token": GATEWAY_TOKEN}
+        )
         ids = [d.id for d in trust.sms[:3]]
         # Given receipts that arrive before the batch that sends them has recorded anything (the gateway
         # numbers its messages gw-0001, gw-0002, ...)

@@ -62,18 +62,26 @@ class Applied:
 
 
 def dedupe_key(event: ProviderEvent) -> str:
-    raw = "|".join([event.source, event.event_type, event.message_id, event.at.isoformat(), event.code,
-                    event.recipient or ""])
+    raw = "|".join(
+        [event.source, event.event_type, event.message_id, event.at.isoformat(), event.code, event.recipient or ""]
+    )
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def receive(ledger: Ledger, event: ProviderEvent, breaker: Any = None,
-            pending: PendingLimits | None = None) -> Applied:
+def receive(ledger: Ledger, event: ProviderEvent, breaker: Any = None, pending: PendingLimits | None = None) -> Applied:
     """Record an event (once) and apply it if its delivery can be found."""
-    event_id = ledger.record_event(dedupe_key(event), {
-        "source": event.source, "event_type": event.event_type[:MAX_EVENT_TYPE], "kind": event.kind.value,
-        "message_id": event.message_id, "reference": event.reference, "at": event.at, "code": event.code[:100],
-    })
+    event_id = ledger.record_event(
+        dedupe_key(event),
+        {
+            "source": event.source,
+            "event_type": event.event_type[:MAX_EVENT_TYPE],
+            "kind": event.kind.value,
+            "message_id": event.message_id,
+            "reference": event.reference,
+            "at": event.at,
+            "code": event.code[:100],
+        },
+    )
     if event_id is None:
         return Applied(None, "duplicate")
     applied = apply_recorded(ledger, event_id, event, breaker)
@@ -107,8 +115,9 @@ def _find(ledger: Ledger, event: ProviderEvent) -> _Match | None:
         delivery_id, attempt = (int(x) for x in event.reference.split(".", 1))
     except ValueError:
         return None
-    if not ledger.settle_message_id(delivery_id, provider=provider, channel=channel, attempt=attempt,
-                                    message_id=event.message_id):
+    if not ledger.settle_message_id(
+        delivery_id, provider=provider, channel=channel, attempt=attempt, message_id=event.message_id
+    ):
         return None
     return _Match(delivery_id, attempt)
 
@@ -158,8 +167,14 @@ def _apply(ledger: Ledger, delivery: Delivery, attempt: int, event: ProviderEven
     if target in (Status.FAILED, Status.BOUNCED, Status.COMPLAINED):
         # Codes only: a provider's free text may echo the receipt URL or the address.
         values["reason"] = f"{event.event_type} {event.code}".strip()[:500]
-    moved = ledger.move(delivery.id, target, actor=actor, provider_code=event.code[:100] or event.event_type,
-                        values=values, current=delivery)
+    moved = ledger.move(
+        delivery.id,
+        target,
+        actor=actor,
+        provider_code=event.code[:100] or event.event_type,
+        values=values,
+        current=delivery,
+    )
     if moved is None:
         return f"ignored: {delivery.status} does not go to {target}"
     # Only an accepted move has consequences, and only for the contact this delivery was sent to.
@@ -170,14 +185,22 @@ def _apply(ledger: Ledger, delivery: Delivery, attempt: int, event: ProviderEven
     return f"moved:{target}"
 
 
-def apply_pending(ledger: Ledger, message_id: str | None = None, breaker: Any = None,
-                  pending: PendingLimits | None = None) -> int:
+def apply_pending(
+    ledger: Ledger, message_id: str | None = None, breaker: Any = None, pending: PendingLimits | None = None
+) -> int:
     """Apply events that arrived before their send was recorded (never expired ones). Returns how many."""
     limits = pending or PendingLimits()
     applied = 0
     for row in ledger.pending_events(message_id, received_after=clock.now() - limits.max_age):
-        event = ProviderEvent(row["source"], row["event_type"], Kind(row["kind"]), row["message_id"], row["at"],
-                              row["code"] or "", reference=row["reference"])
+        event = ProviderEvent(
+            row["source"],
+            row["event_type"],
+            Kind(row["kind"]),
+            row["message_id"],
+            row["at"],
+            row["code"] or "",
+            reference=row["reference"],
+        )
         if apply_recorded(ledger, row["id"], event, breaker).outcome != "pending":
             applied += 1
     return applied

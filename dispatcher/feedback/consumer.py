@@ -43,9 +43,17 @@ def handle_body(rt: Runtime, body: str, stats: ConsumeStats) -> None:
         stats.unparsable += 1
         log.warning("feedback message not understood (%s); recorded and dropped", exc)
         digest = hashlib.sha256(body.encode("utf-8", "replace")).hexdigest()
-        event_id = rt.ledger.record_event(digest, {
-            "source": "unknown", "event_type": "unparsable", "kind": Kind.UNKNOWN.value,
-            "message_id": f"unparsable:{digest[:16]}", "at": _now(), "detail": str(exc)[:200]})
+        event_id = rt.ledger.record_event(
+            digest,
+            {
+                "source": "unknown",
+                "event_type": "unparsable",
+                "kind": Kind.UNKNOWN.value,
+                "message_id": f"unparsable:{digest[:16]}",
+                "at": _now(),
+                "detail": str(exc)[:200],
+            },
+        )
         if event_id is not None:
             rt.ledger.finish_event(event_id, delivery_id=None, applied=True, outcome="not understood")
         return
@@ -79,8 +87,9 @@ def consume(rt: Runtime, queue_url: str, *, once: bool, stop: threading.Event | 
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
-            response = client.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                              WaitTimeSeconds=1 if once else 20, VisibilityTimeout=60)
+            response = client.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1 if once else 20, VisibilityTimeout=60
+            )
         except (BotoCoreError, ClientError) as exc:
             if once:
                 raise

@@ -102,8 +102,16 @@ def parse_ses(record: dict[str, Any]) -> list[ProviderEvent]:
     reference = _reference(str(tag).replace("_", ".")) if isinstance(tag, str) else None
 
     def one(kind: Kind, *, when: Any = None, code: str = "", recipient: Any = None) -> ProviderEvent:
-        return ProviderEvent("ses", event_type[:MAX_EVENT_TYPE], kind, message_id, _time(when) if when else at,
-                             code, recipient if isinstance(recipient, str) else None, reference)
+        return ProviderEvent(
+            "ses",
+            event_type[:MAX_EVENT_TYPE],
+            kind,
+            message_id,
+            _time(when) if when else at,
+            code,
+            recipient if isinstance(recipient, str) else None,
+            reference,
+        )
 
     if event_type == "Send":
         return [one(Kind.SENT)]
@@ -118,14 +126,23 @@ def parse_ses(record: dict[str, Any]) -> list[ProviderEvent]:
         code = f"{safe_code(bounce.get('bounceType'))}/{safe_code(bounce.get('bounceSubType'))}"
         recipients = _recipients(bounce.get("bouncedRecipients"))
         # The enhanced status code (5.1.1) is kept; diagnosticCode is free text that may echo the address.
-        return [one(kind, when=bounce.get("timestamp"), code=f"{code} {safe_code(r.get('status'))}".strip(),
-                    recipient=r.get("emailAddress")) for r in recipients]
+        return [
+            one(
+                kind,
+                when=bounce.get("timestamp"),
+                code=f"{code} {safe_code(r.get('status'))}".strip(),
+                recipient=r.get("emailAddress"),
+            )
+            for r in recipients
+        ]
     if event_type == "Complaint":
         complaint = _object(record.get("complaint"))
         recipients = _recipients(complaint.get("complainedRecipients"))
         code = safe_code(complaint.get("complaintFeedbackType") or complaint.get("complaintSubType")) or "complaint"
-        return [one(Kind.COMPLAINT, when=complaint.get("timestamp"), code=code, recipient=r.get("emailAddress"))
-                for r in recipients]
+        return [
+            one(Kind.COMPLAINT, when=complaint.get("timestamp"), code=code, recipient=r.get("emailAddress"))
+            for r in recipients
+        ]
     if event_type == "Reject":
         return [one(Kind.REJECTED, code="Reject")]
     if event_type == "Rendering Failure":
@@ -191,11 +208,18 @@ def parse_sms_voice_v2(record: dict[str, Any]) -> list[ProviderEvent]:
     reference = _object(record.get("context")).get("delivery")
     recipient = record.get("destinationPhoneNumber")
     # messageStatusDescription is free text: only the status code is kept.
-    return [ProviderEvent("sms-voice-v2", event_type[:MAX_EVENT_TYPE], kind, message_id,
-                          _time(record.get("eventTimestamp")),
-                          code=safe_code(record.get("messageStatus")) or safe_code(event_type),
-                          recipient=recipient if isinstance(recipient, str) else None,
-                          reference=_reference(reference) if isinstance(reference, str) else None)]
+    return [
+        ProviderEvent(
+            "sms-voice-v2",
+            event_type[:MAX_EVENT_TYPE],
+            kind,
+            message_id,
+            _time(record.get("eventTimestamp")),
+            code=safe_code(record.get("messageStatus")) or safe_code(event_type),
+            recipient=recipient if isinstance(recipient, str) else None,
+            reference=_reference(reference) if isinstance(reference, str) else None,
+        )
+    ]
 
 
 def parse_record(record: dict[str, Any]) -> list[ProviderEvent]:

@@ -116,8 +116,13 @@ def check_fresh(message: dict[str, Any], now: datetime | None = None) -> None:
         raise SnsVerificationError("message is from the future")
 
 
-def verify(message: dict[str, Any], *, topics: Collection[str], certificate_dir: Path | None = None,
-           now: datetime | None = None) -> None:
+def verify(
+    message: dict[str, Any],
+    *,
+    topics: Collection[str],
+    certificate_dir: Path | None = None,
+    now: datetime | None = None,
+) -> None:
     """Raise :class:`SnsVerificationError` unless the message is genuine, fresh and from an allowed topic.
 
     ``topics`` must not be empty: with no allow-list nothing is accepted.
