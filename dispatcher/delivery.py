@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from . import clock, sms
 from .errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled
-from .feedback.apply import apply_pending
+from .feedback.apply import PendingLimits, apply_pending
 from .ledger.store import CampaignRecord, Delivery
 from .mime import build_raw
 from .privacy import mask_contact, redact
@@ -63,7 +63,7 @@ class _AfterBatch:
         # Events that arrived before we could record their sends are applied now (looked for after the commits).
         if self.message_ids:
             for message_id in sorted(rt.ledger.events_waiting_for(self.message_ids)):
-                apply_pending(rt.ledger, message_id, rt.breaker)
+                apply_pending(rt.ledger, message_id, rt.breaker, PendingLimits.of(rt.settings))
 
 
 def deliver(rt: Runtime, delivery_id: int) -> Outcome:

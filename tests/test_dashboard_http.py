@@ -108,12 +108,21 @@ def test_api_401_carries_a_bearer_challenge_and_pages_offer_the_login_form(clien
     assert 'action="/login"' in page.text and 'value="/campaigns/test-campaign"' in page.text
 
 
-def test_feedback_routes_need_no_dashboard_token(client: httpx.Client) -> None:
-    # The message authenticates itself there; an unsigned one is refused by the handler (400/403), or the
-    # route answers 503 while the handler module is not installed. Never 401: providers have no token.
-    for path in ("/feedback/sns", "/feedback/sms-gateway"):
-        response = client.post(path, content=b'{"not": "signed"}', headers={"Content-Type": "application/json"})
-        assert response.status_code in (400, 403, 503), (path, response.status_code)
+def test_feedback_routes_need_no_dashboard_token(client: httpx.Client, seeded: Seeded) -> None:
+    # The message authenticates itself there: never 401 (providers have no token), one exact answer each.
+    def post(path: str, body: bytes) -> int:
+        return client.post(path, content=body, headers={"Content-Type": "application/json"}).status_code
+
+    unsigned = b'{"Type": "Notification", "TopicArn": "arn:aws:sns:ap-northeast-1:1:t", "Message": "{}"}'
+    # Given no SNS topic allow-list and no gateway secret: neither route is available
+    assert (post("/feedback/sns", unsigned), post("/feedback/sms-gateway", b'{"id": "x"}')) == (503, 503)
+    # Given both configured: unsigned is 403, unparsable is 400 (SNS; the gateway checks its HMAC first)
+    seeded.rt.settings = seeded.rt.settings.model_copy(update={
+        "sns_topic_arns": ["arn:aws:sns:ap-northeast-1:1:t"], "sms_gateway_secret": "s" * 40})
+    assert post("/feedback/sns", unsigned) == 403
+    assert post("/feedback/sns", b"not json") == 400
+    assert post("/feedback/sms-gateway", b'{"id": "x", "status": "delivered"}') == 403
+    assert post("/feedback/sms-gateway", b"not json") == 403
 
 
 def test_login_form_sets_an_httponly_samesite_session_cookie(client: httpx.Client) -> None:

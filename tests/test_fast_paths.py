@@ -425,7 +425,7 @@ def test_a_move_from_an_old_copy_rereads_and_decides_as_before(ledger: Ledger) -
     assert [(h["from_status"], h["to_status"], h["attempt"]) for h in ledger.history(d)] == [
         (None, "queued", 0), ("queued", "sending", 1), ("sending", "retrying", 1), ("retrying", "sending", 2),
         ("sending", "sent", 2)]
-    assert ledger.delivery_for_message("m-2") == d
+    assert ledger.delivery_for_message("m-2", provider="outbox", channel="email") == (d, 2)
     assert ledger.counts("test-campaign") == {("email", "sent"): 1}
     assert ledger.count_rows("test-campaign") == {("email", "sent"): 1}
 

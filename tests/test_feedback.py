@@ -62,7 +62,8 @@ def test_events_with_duplicates_and_out_of_order_settle_right(rt, tmp_path) -> N
     assert ledger.is_suppressed(d2.contact) == "hard bounce"
     assert ledger.is_suppressed(d3.contact) == "complaint"
     assert ledger.is_suppressed(d4.contact) is None
-    assert "user unknown" in state[d2.user_id].reason
+    # And the reason keeps the codes (the enhanced status 5.1.1), never the MTA's free text
+    assert "5.1.1" in state[d2.user_id].reason and "user unknown" not in state[d2.user_id].reason
 
 
 def test_an_event_before_its_send_is_kept_and_applied_later(rt, tmp_path) -> None:
@@ -175,11 +176,12 @@ def sns_cert(tmp_path, monkeypatch):
     return key, cert_name
 
 
-def test_signed_sns_notification_is_applied_and_a_forged_one_refused(rt, tmp_path, sns_cert) -> None:
+def test_signed_sns_notification_is_applied_and_a_forged_one_refused(rt, tmp_path, sns_cert, monkeypatch) -> None:
     from dispatcher import runtime
     from dispatcher.feedback.http import handle_sns
 
     key, cert_name = sns_cert
+    monkeypatch.setenv("DISPATCHER_SNS_TOPIC_ARNS", "arn:aws:sns:ap-northeast-1:1:ses")
     runtime.use(type(rt)(__import__("dispatcher.settings").settings.load_settings()))
     [d] = send_campaign(runtime.current(), tmp_path, person_rows(1, sms_every=100))
     message = {"Type": "Notification", "MessageId": "m-1", "TopicArn": "arn:aws:sns:ap-northeast-1:1:ses",

@@ -2,6 +2,7 @@
 
 These cannot carry the dashboard token; the message authenticates itself (SNS signature, the gateway's
 HMAC header), which :mod:`dispatcher.feedback.http` checks, answering 400/403 to what it cannot verify.
+Bodies over ``MAX_BODY`` are refused with 413 before any parsing, whether they declare a length or not.
 The handlers are imported when called, so the dashboard runs (answering 503) before that module exists.
 """
 
@@ -40,11 +41,24 @@ async def _forward(request: Request, name: str) -> Response:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         return PlainTextResponse("body too large", status_code=413)
-    body = await request.body()
-    if len(body) > MAX_BODY:
+    body = await _read_at_most(request, MAX_BODY)
+    if body is None:
         return PlainTextResponse("body too large", status_code=413)
     status, text = await run_in_threadpool(handler, body, request.headers)
     return PlainTextResponse(text, status_code=status)
+
+
+async def _read_at_most(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` (a chunked body declares no length: it is counted
+    as it arrives, so it never sits in memory whole)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def sns(request: Request) -> Response:

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..providers import aws
 from ..runtime import Runtime
-from .apply import apply_pending, receive
+from .apply import PendingLimits, apply_pending, receive
 from .events import EventParseError, Kind, parse_record, unwrap
 
 log = logging.getLogger(__name__)
@@ -36,25 +36,43 @@ class ConsumeStats:
 def handle_body(rt: Runtime, body: str, stats: ConsumeStats) -> None:
     """Apply one queue message's events. Raises only for failures worth a redelivery."""
     try:
-        _envelope, record = unwrap(body)
+        envelope, record = unwrap(body)
+        _check_topic(rt, envelope)
         events = parse_record(record)
     except EventParseError as exc:
         stats.unparsable += 1
         log.warning("feedback message not understood (%s); recorded and dropped", exc)
         digest = hashlib.sha256(body.encode("utf-8", "replace")).hexdigest()
-        event_id = rt.ledger.record_event(digest, {
-            "source": "unknown", "event_type": "unparsable", "kind": Kind.UNKNOWN.value,
-            "message_id": f"unparsable:{digest[:16]}", "at": _now(), "detail": str(exc)[:200]})
+        event_id = rt.ledger.record_event(
+            digest,
+            {
+                "source": "unknown",
+                "event_type": "unparsable",
+                "kind": Kind.UNKNOWN.value,
+                "message_id": f"unparsable:{digest[:16]}",
+                "at": _now(),
+                "detail": str(exc)[:200],
+            },
+        )
         if event_id is not None:
             rt.ledger.finish_event(event_id, delivery_id=None, applied=True, outcome="not understood")
         return
+    limits = PendingLimits.of(rt.settings)
     for event in events:
-        result = receive(rt.ledger, event, rt.breaker)
+        result = receive(rt.ledger, event, rt.breaker, limits)
         stats.events += 1
         stats.duplicates += result.outcome == "duplicate"
         stats.pending += result.outcome == "pending"
         key = result.outcome.split(":")[0]
         stats.outcomes[key] = stats.outcomes.get(key, 0) + 1
+
+
+def _check_topic(rt: Runtime, envelope: dict[str, Any] | None) -> None:
+    """With a topic allow-list set, an SNS envelope from another topic is not ours (the queue's policy
+    should already keep it out; this holds when that policy is too wide)."""
+    topics = rt.settings.sns_topic_arns
+    if envelope is not None and topics and envelope.get("TopicArn") not in topics:
+        raise EventParseError("SNS envelope from a topic not allowed")
 
 
 def _now() -> Any:
@@ -69,8 +87,9 @@ def consume(rt: Runtime, queue_url: str, *, once: bool, stop: threading.Event | 
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
-            response = client.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                              WaitTimeSeconds=1 if once else 20, VisibilityTimeout=60)
+            response = client.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1 if once else 20, VisibilityTimeout=60
+            )
         except (BotoCoreError, ClientError) as exc:
             if once:
                 raise
@@ -80,7 +99,7 @@ def consume(rt: Runtime, queue_url: str, *, once: bool, stop: threading.Event | 
         messages = response.get("Messages", [])
         if not messages:
             # Events that came before their send may be applicable now.
-            apply_pending(rt.ledger, breaker=rt.breaker)
+            apply_pending(rt.ledger, breaker=rt.breaker, pending=PendingLimits.of(rt.settings))
             if once:
                 break
             continue

@@ -7,6 +7,7 @@ recorded, never crashed on.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,15 +28,41 @@ class Kind(StrEnum):
     UNKNOWN = "unknown"
 
 
+#: Where each source's events come from: the provider name the ledger records for a send, and its channel.
+#: An event only ever concerns a delivery sent through that provider on that channel.
+SOURCES: dict[str, tuple[str, str]] = {
+    "ses": ("ses", "email"),
+    "sms-voice-v2": ("sms-voice-v2", "sms"),
+    "http-gateway": ("http", "sms"),
+}
+
+#: Column widths in the ledger (provider_events): longer values are refused, never a database error.
+MAX_MESSAGE_ID = 200
+MAX_EVENT_TYPE = 64
+MAX_REFERENCE = 64
+#: A provider code we keep: short, no spaces, no run of digits long enough to be a phone number. Anything
+#: else (free text that may echo an address or a receipt URL) is not stored.
+_CODE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+_PHONE_LIKE = re.compile(r"\d{7}")
+
+
+def safe_code(value: object) -> str:
+    """A provider status code as it may be stored, or "" when it is not one (free text, too long)."""
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not _CODE.fullmatch(text) or _PHONE_LIKE.search(text):
+        return ""
+    return text
+
+
 @dataclass(frozen=True)
 class ProviderEvent:
-    source: str  # ses | sms-voice-v2 | http-gateway
+    source: str  # ses | sms-voice-v2 | http-gateway (a key of SOURCES)
     event_type: str  # the provider's own name for it
     kind: Kind
     message_id: str
     at: datetime
+    #: Codes only (e.g. ``Permanent/General 5.1.1``, ``DELIVERED``), never a provider's free text.
     code: str = ""
-    detail: str = ""
     #: Who it concerns (full address/number): for the suppression list only; never logged.
     recipient: str | None = None
     #: Our "<delivery id>.<attempt>" when the provider echoes it back; finds sends whose answer was lost.
@@ -46,9 +73,12 @@ class ProviderEvent:
 
 
 def _time(value: Any) -> datetime:
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value / 1000, UTC)
-    if isinstance(value, str) and value:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            return datetime.now(UTC)
+    if isinstance(value, str) and 0 < len(value) <= 40:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -64,51 +94,91 @@ class EventParseError(ValueError):
 def parse_ses(record: dict[str, Any]) -> list[ProviderEvent]:
     """SES event publishing (``eventType``) and identity notifications (``notificationType``)."""
     event_type = str(record.get("eventType") or record.get("notificationType") or "")
-    mail = record.get("mail") or {}
-    message_id = str(mail.get("messageId") or "")
-    if not message_id:
-        raise EventParseError("SES record without mail.messageId")
+    mail = _object(record.get("mail"))
+    message_id = _message_id(mail.get("messageId"), "SES record without a usable mail.messageId")
     at = _time(mail.get("timestamp"))
-    tags = mail.get("tags") or {}
-    tag = (tags.get("delivery") or [None])[0] if isinstance(tags, dict) else None
-    reference = str(tag).replace("_", ".") if tag else None
+    tagged = _object(mail.get("tags")).get("delivery")
+    tag = tagged[0] if isinstance(tagged, list) and tagged else None
+    reference = _reference(str(tag).replace("_", ".")) if isinstance(tag, str) else None
 
-    def one(kind: Kind, *, when: Any = None, code: str = "", detail: str = "",
-            recipient: str | None = None) -> ProviderEvent:
-        return ProviderEvent("ses", event_type, kind, message_id, _time(when) if when else at, code, detail,
-                             recipient, reference)
+    def one(kind: Kind, *, when: Any = None, code: str = "", recipient: Any = None) -> ProviderEvent:
+        return ProviderEvent(
+            "ses",
+            event_type[:MAX_EVENT_TYPE],
+            kind,
+            message_id,
+            _time(when) if when else at,
+            code,
+            recipient if isinstance(recipient, str) else None,
+            reference,
+        )
 
     if event_type == "Send":
         return [one(Kind.SENT)]
     if event_type == "Delivery":
-        delivery = record.get("delivery") or {}
-        return [one(Kind.DELIVERED, when=delivery.get("timestamp"), detail=str(delivery.get("smtpResponse", ""))[:200])]
+        delivery = _object(record.get("delivery"))
+        # smtpResponse is the receiving MTA's free text: not kept.
+        return [one(Kind.DELIVERED, when=delivery.get("timestamp"))]
     if event_type == "Bounce":
-        bounce = record.get("bounce") or {}
+        bounce = _object(record.get("bounce"))
         hard = bounce.get("bounceType") == "Permanent"
         kind = Kind.HARD_BOUNCE if hard else Kind.SOFT_BOUNCE
-        code = f"{bounce.get('bounceType', '')}/{bounce.get('bounceSubType', '')}"
-        recipients = bounce.get("bouncedRecipients") or [{}]
-        return [one(kind, when=bounce.get("timestamp"), code=code,
-                    detail=str(r.get("diagnosticCode") or r.get("status") or "")[:200],
-                    recipient=r.get("emailAddress")) for r in recipients]
+        code = f"{safe_code(bounce.get('bounceType'))}/{safe_code(bounce.get('bounceSubType'))}"
+        recipients = _recipients(bounce.get("bouncedRecipients"))
+        # The enhanced status code (5.1.1) is kept; diagnosticCode is free text that may echo the address.
+        return [
+            one(
+                kind,
+                when=bounce.get("timestamp"),
+                code=f"{code} {safe_code(r.get('status'))}".strip(),
+                recipient=r.get("emailAddress"),
+            )
+            for r in recipients
+        ]
     if event_type == "Complaint":
-        complaint = record.get("complaint") or {}
-        recipients = complaint.get("complainedRecipients") or [{}]
-        code = str(complaint.get("complaintFeedbackType") or complaint.get("complaintSubType") or "complaint")
-        return [one(Kind.COMPLAINT, when=complaint.get("timestamp"), code=code, recipient=r.get("emailAddress"))
-                for r in recipients]
+        complaint = _object(record.get("complaint"))
+        recipients = _recipients(complaint.get("complainedRecipients"))
+        code = safe_code(complaint.get("complaintFeedbackType") or complaint.get("complaintSubType")) or "complaint"
+        return [
+            one(Kind.COMPLAINT, when=complaint.get("timestamp"), code=code, recipient=r.get("emailAddress"))
+            for r in recipients
+        ]
     if event_type == "Reject":
-        return [one(Kind.REJECTED, code="Reject", detail=str((record.get("reject") or {}).get("reason", "")))]
+        return [one(Kind.REJECTED, code="Reject")]
     if event_type == "Rendering Failure":
-        failure = record.get("failure") or {}
-        return [one(Kind.REJECTED, code="RenderingFailure", detail=str(failure.get("errorMessage", ""))[:200])]
+        # errorMessage may quote the template, i.e. the receipt URL: not kept.
+        return [one(Kind.REJECTED, code="RenderingFailure")]
     if event_type == "DeliveryDelay":
-        delay = record.get("deliveryDelay") or {}
-        return [one(Kind.DELAYED, when=delay.get("timestamp"), code=str(delay.get("delayType", "")))]
+        delay = _object(record.get("deliveryDelay"))
+        return [one(Kind.DELAYED, when=delay.get("timestamp"), code=safe_code(delay.get("delayType")))]
     if event_type in ("Open", "Click"):
         return [one(Kind.ENGAGEMENT)]
-    return [one(Kind.UNKNOWN, code=event_type or "?")]
+    return [one(Kind.UNKNOWN, code=safe_code(event_type) or "?")]
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _recipients(value: Any) -> list[dict[str, Any]]:
+    items = [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
+    return items or [{}]
+
+
+def _message_id(value: Any, problem: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > MAX_MESSAGE_ID:
+        raise EventParseError(problem)
+    return value
+
+
+def _reference(value: str | None) -> str | None:
+    """Our ``<delivery id>.<attempt>``, or None when the echoed value is not one."""
+    if not value or len(value) > MAX_REFERENCE:
+        return None
+    head, dot, tail = value.partition(".")
+    return value if dot and head.isdigit() and tail.isdigit() and head.isascii() and tail.isascii() else None
 
 
 #: End User Messaging SMS event types (``TEXT_*``) and what they mean for us.
@@ -133,17 +203,23 @@ SMS_KINDS = {
 
 def parse_sms_voice_v2(record: dict[str, Any]) -> list[ProviderEvent]:
     event_type = str(record.get("eventType") or "")
-    message_id = str(record.get("messageId") or "")
-    if not message_id:
-        raise EventParseError("SMS event without messageId")
+    message_id = _message_id(record.get("messageId"), "SMS event without a usable messageId")
     kind = SMS_KINDS.get(event_type, Kind.UNKNOWN)
-    context = record.get("context") or {}
-    reference = context.get("delivery") if isinstance(context, dict) else None
-    return [ProviderEvent("sms-voice-v2", event_type, kind, message_id, _time(record.get("eventTimestamp")),
-                          code=str(record.get("messageStatus") or event_type),
-                          detail=str(record.get("messageStatusDescription") or "")[:200],
-                          recipient=record.get("destinationPhoneNumber"),
-                          reference=str(reference) if reference else None)]
+    reference = _object(record.get("context")).get("delivery")
+    recipient = record.get("destinationPhoneNumber")
+    # messageStatusDescription is free text: only the status code is kept.
+    return [
+        ProviderEvent(
+            "sms-voice-v2",
+            event_type[:MAX_EVENT_TYPE],
+            kind,
+            message_id,
+            _time(record.get("eventTimestamp")),
+            code=safe_code(record.get("messageStatus")) or safe_code(event_type),
+            recipient=recipient if isinstance(recipient, str) else None,
+            reference=_reference(reference) if isinstance(reference, str) else None,
+        )
+    ]
 
 
 def parse_record(record: dict[str, Any]) -> list[ProviderEvent]:
@@ -161,6 +237,8 @@ def unwrap(body: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
         raise EventParseError(f"not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError):  # an integer too long to read, or nesting too deep
+        raise EventParseError("not JSON: too deep or too long a number") from None
     if not isinstance(data, dict):
         raise EventParseError("not a JSON object")
     if data.get("Type") == "Notification" and isinstance(data.get("Message"), str):
@@ -168,6 +246,8 @@ def unwrap(body: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
             inner = json.loads(data["Message"])
         except json.JSONDecodeError as exc:
             raise EventParseError(f"SNS Message is not JSON: {exc.msg}") from None
+        except (ValueError, RecursionError):
+            raise EventParseError("SNS Message is not JSON: too deep or too long a number") from None
         if not isinstance(inner, dict):
             raise EventParseError("SNS Message is not a JSON object")
         return data, inner

@@ -817,14 +817,43 @@ class Ledger:
             )
 
     # Provider events ---------------------------------------------------------------------------
-    def delivery_for_message(self, message_id: str) -> int | None:
+    def delivery_for_message(self, message_id: str, *, provider: str, channel: str) -> tuple[int, int] | None:
+        """The delivery (and the attempt) a message id was given for, by this provider on this channel.
+
+        Never by message id alone: a message id names a send only together with the provider that gave it
+        (an event from one provider must not find another provider's send of the same id).
+        """
         with self.read() as conn:
-            found = conn.execute(select(provider_messages.c.delivery_id)
-                                 .where(provider_messages.c.message_id == message_id)).scalar()
+            found = conn.execute(
+                select(provider_messages.c.delivery_id, provider_messages.c.attempt)
+                .where(provider_messages.c.message_id == message_id, provider_messages.c.provider == provider,
+                       provider_messages.c.channel == channel)).first()
             if found is None:
-                found = conn.execute(select(deliveries.c.id)
-                                     .where(deliveries.c.provider_message_id == message_id)).scalar()
-        return found
+                found = conn.execute(
+                    select(deliveries.c.id, deliveries.c.attempts)
+                    .where(deliveries.c.provider_message_id == message_id, deliveries.c.provider == provider,
+                           deliveries.c.channel == channel)).first()
+        return None if found is None else (int(found[0]), int(found[1]))
+
+    def settle_message_id(self, delivery_id: int, *, provider: str, channel: str, attempt: int,
+                          message_id: str) -> bool:
+        """Give a send whose answer was lost the message id a provider event proves, if the delivery is still
+        that send: ``unknown``, at that attempt, sent through that provider on that channel (compare-and-set).
+        """
+        with self.write() as conn:
+            changed = conn.execute(
+                update(deliveries).where(
+                    deliveries.c.id == delivery_id, deliveries.c.status == Status.UNKNOWN.value,
+                    deliveries.c.attempts == attempt, deliveries.c.provider == provider,
+                    deliveries.c.channel == channel,
+                ).values(provider_message_id=message_id)
+            ).rowcount == 1
+            if changed:
+                conn.execute(self._provider_message_insert, {
+                    "message_id": message_id, "delivery_id": delivery_id, "attempt": attempt, "channel": channel,
+                    "provider": provider, "sent_at": clock.now(),
+                })
+        return changed
 
     def record_event(self, dedupe_key: str, values: dict[str, Any]) -> int | None:
         """Store an event once; returns its id, or None when it was already received (a duplicate)."""
@@ -842,12 +871,35 @@ class Ledger:
             conn.execute(update(provider_events).where(provider_events.c.id == event_id)
                          .values(delivery_id=delivery_id, applied=int(applied), outcome=outcome))
 
-    def pending_events(self, message_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def pending_events(self, message_id: str | None = None, limit: int = 1000, *,
+                       received_after: datetime | None = None) -> list[dict[str, Any]]:
+        """Events waiting for their send, oldest first; ``received_after``: only those not yet expired."""
         stmt = select(provider_events).where(provider_events.c.applied == 0)
         if message_id is not None:
             stmt = stmt.where(provider_events.c.message_id == message_id)
+        if received_after is not None:
+            stmt = stmt.where(provider_events.c.received_at > received_after)
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt.order_by(provider_events.c.at).limit(limit))]
+
+    def prune_pending_events(self, *, received_before: datetime, keep: int) -> int:
+        """Give up on waiting events received before ``received_before``, and on the oldest beyond ``keep``.
+
+        They stay recorded (so a redelivery is still a duplicate) but are never applied. Returns how many.
+        """
+        waiting = and_(provider_events.c.applied == 0, provider_events.c.received_at <= received_before)
+        given_up = {"applied": 1, "outcome": "expired: its send was never recorded"}
+        with self.write() as conn:
+            pruned = conn.execute(update(provider_events).where(waiting).values(given_up)).rowcount
+            count = conn.execute(select(func.count()).select_from(provider_events)
+                                 .where(provider_events.c.applied == 0)).scalar() or 0
+            if count > keep:
+                oldest = (select(provider_events.c.id).where(provider_events.c.applied == 0)
+                          .order_by(provider_events.c.received_at, provider_events.c.id).limit(count - keep))
+                given_up["outcome"] = "dropped: too many events waiting"
+                pruned += conn.execute(update(provider_events).where(provider_events.c.id.in_(oldest))
+                                       .values(given_up)).rowcount
+        return int(pruned)
 
     def unsuppress(self, contact: str) -> bool:
         with self.write() as conn:

@@ -41,7 +41,7 @@ from ..errors import (
     Throttled,
     TransientError,
 )
-from ..feedback.events import Kind, ProviderEvent
+from ..feedback.events import MAX_EVENT_TYPE, MAX_MESSAGE_ID, MAX_REFERENCE, Kind, ProviderEvent, safe_code
 from ..settings import Settings
 from ..states import Channel, Status
 from .base import Outgoing, OutgoingSms, Provider, SendResult, register
@@ -65,6 +65,8 @@ RECEIPT_STATUSES: dict[Kind, Status] = {
 }
 #: A longer ``Retry-After`` is taken as this: the retry policy, not the gateway, decides long waits.
 MAX_RETRY_AFTER = 3600.0
+#: A receipt's ``status`` becomes the event type (a ledger column of this width).
+MAX_RECEIPT_STATUS = MAX_EVENT_TYPE
 _TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -251,7 +253,7 @@ def parse_receipt(body: bytes | str) -> list[Receipt]:
     """
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise ReceiptError("receipt: body is not JSON") from None
     items = data if isinstance(data, list) else [data]
     return [_receipt(item, index) for index, item in enumerate(items)]
@@ -261,7 +263,7 @@ def receipt_events(body: bytes | str) -> list[ProviderEvent]:
     """A verified receipt body as normalised provider events (what ``/feedback/sms-gateway`` applies)."""
     return [
         ProviderEvent("http-gateway", r.gateway_status, r.kind, r.message_id, r.at or clock.now(),
-                      code=r.code or r.gateway_status, reference=r.reference)
+                      code=r.code or safe_code(r.gateway_status), reference=r.reference)
         for r in parse_receipt(body)
     ]
 
@@ -279,15 +281,22 @@ def _receipt(item: Any, index: int) -> Receipt:
     if not isinstance(gateway_status, str) or not gateway_status:
         raise ReceiptError(f"{where}: 'status' missing")
     reference = item.get("reference")
-    code = item.get("code")
+    reference = reference if isinstance(reference, str) and reference else None
+    # Bounded as the ledger's columns are: an overlong field is the gateway's mistake (400), never a
+    # database error (500) that it would retry for ever.
+    if len(message_id) > MAX_MESSAGE_ID or len(gateway_status) > MAX_RECEIPT_STATUS:
+        raise ReceiptError(f"{where}: 'id' or 'status' too long")
+    if reference is not None and len(reference) > MAX_REFERENCE:
+        raise ReceiptError(f"{where}: 'reference' too long")
     kind = RECEIPT_KINDS.get(gateway_status.strip().lower(), Kind.UNKNOWN)
     return Receipt(
         message_id=message_id,
-        reference=reference if isinstance(reference, str) and reference else None,
+        reference=reference,
         kind=kind,
         status=RECEIPT_STATUSES.get(kind),
         gateway_status=gateway_status,
-        code=str(code) if code not in (None, "") else None,
+        # Only a code-shaped value is kept (a free-text or number-holding "code" could name the recipient).
+        code=safe_code(item.get("code")) or None,
         at=_instant(item.get("at"), where),
     )
 
