@@ -13,7 +13,6 @@ import csv
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -61,9 +60,22 @@ class Installed:
 def _pip_install(venv: Path) -> subprocess.CompletedProcess[str]:
     # Not editable and no extras: exactly what `pip install .` gives a user (pip's wheel cache keeps it fast).
     return subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-c", str(ROOT / "requirements.lock"), str(ROOT)],
-        capture_output=True, text=True, timeout=600, cwd=venv)
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-c",
+            str(ROOT / "requirements.lock"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=venv,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -92,18 +104,32 @@ def base_env(installed: Installed, work: Path, **extra: str) -> dict[str, str]:
     Redis is the one the package brings), a home, a locale; no PYTHONPATH, nothing from the test run."""
     home = work / "home"
     home.mkdir(exist_ok=True)
-    env = {"PATH": str(installed.bin), "HOME": str(home), "LANG": "C.UTF-8", "COLUMNS": "200",
-           "DISPATCHER_DATA_DIR": str(work / "var")}
+    env = {
+        "PATH": str(installed.bin),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "COLUMNS": "200",
+        "DISPATCHER_DATA_DIR": str(work / "var"),
+    }
     env.update(extra)
     return env
 
 
-def run(installed: Installed, args: list[str], env: dict[str, str], cwd: Path, *, code: int = 0,
-        timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([installed.dispatcher, *args], capture_output=True, text=True, env=env, cwd=cwd,
-                            timeout=timeout, stdin=subprocess.DEVNULL)
-    assert result.returncode == code, f"dispatcher {' '.join(args)} exited {result.returncode}:\n" \
-                                      f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+def run(
+    installed: Installed, args: list[str], env: dict[str, str], cwd: Path, *, code: int = 0, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [installed.dispatcher, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == code, (
+        f"dispatcher {' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     assert_no_crash(args, result.stderr)
     return result
 
@@ -113,8 +139,9 @@ def assert_no_crash(args: list[str], stderr: str) -> None:
         assert marker not in stderr, f"dispatcher {' '.join(args)}: {marker} in stderr:\n{stderr[-3000:]}"
 
 
-def test_every_module_of_the_installed_package_imports_without_the_test_extras(installed: Installed,
-                                                                               outside: Path) -> None:
+def test_every_module_of_the_installed_package_imports_without_the_test_extras(
+    installed: Installed, outside: Path
+) -> None:
     # Given the package installed without extras, run from a folder outside the repository
     probe = (
         "import importlib, json, pkgutil, dispatcher\n"
@@ -130,21 +157,33 @@ def test_every_module_of_the_installed_package_imports_without_the_test_extras(i
     # actors.py wants a broker URL at import; it is never contacted here
     env = base_env(installed, outside, DISPATCHER_REDIS_URL="redis://127.0.0.1:9/0")
     # When every module of the package is imported
-    result = subprocess.run([str(installed.bin / "python"), "-c", probe], capture_output=True, text=True,
-                            env=env, cwd=outside, timeout=120)
+    result = subprocess.run(
+        [str(installed.bin / "python"), "-c", probe], capture_output=True, text=True, env=env, cwd=outside, timeout=120
+    )
     # Then each one imports, from the virtualenv (not from the checkout), and pip finds nothing missing
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert found["bad"] == {}
     assert found["modules"] > 40
     assert Path(found["file"]).is_relative_to(installed.venv)
-    check = subprocess.run([str(installed.bin / "python"), "-m", "pip", "check"], capture_output=True, text=True,
-                           env=env, cwd=outside, timeout=120)
+    check = subprocess.run(
+        [str(installed.bin / "python"), "-m", "pip", "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=outside,
+        timeout=120,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     # and the test-only packages really are absent, so the imports above proved something
     for test_only in ("pytest", "moto", "hypothesis", "aiosmtpd", "playwright"):
-        absent = subprocess.run([str(installed.bin / "python"), "-c", f"import {test_only}"], capture_output=True,
-                                env=env, cwd=outside, timeout=60)
+        absent = subprocess.run(
+            [str(installed.bin / "python"), "-c", f"import {test_only}"],
+            capture_output=True,
+            env=env,
+            cwd=outside,
+            timeout=60,
+        )
         assert absent.returncode != 0, f"{test_only} is installed without the test extra"
 
 
@@ -155,8 +194,23 @@ def test_help_and_demo_run_from_the_installed_package(installed: Installed, outs
     helped = run(installed, ["--help"], env, outside)
     demo = run(installed, ["demo", "--size", "30", "--dir", str(outside / "demo")], env, outside)
     # Then help lists every command of SPEC §9, and the demo sends its sample campaign and says where to look
-    for verb in ("cancel", "check", "dashboard", "demo", "enqueue", "events", "pause", "plan", "report", "resend",
-                 "resume", "status", "suppression", "sweep", "worker"):
+    for verb in (
+        "cancel",
+        "check",
+        "dashboard",
+        "demo",
+        "enqueue",
+        "events",
+        "pause",
+        "plan",
+        "report",
+        "resend",
+        "resume",
+        "status",
+        "suppression",
+        "sweep",
+        "worker",
+    ):
         assert verb in helped.stdout
     assert "sent" in demo.stdout and str(outside / "demo" / "outbox") in demo.stdout
     assert list((outside / "demo" / "outbox").rglob("*"))
@@ -170,9 +224,16 @@ def write_deployment(work: Path) -> Path:
     templates must be found."""
     path = work / "config" / "campaigns" / f"{CAMPAIGN}.toml"
     path.parent.mkdir(parents=True)
-    path.write_text(CAMPAIGN_TOML.format(id=CAMPAIGN, prefer="email", deadline="2099-05-31T23:59:59+09:00",
-                                         send_by="2099-05-28T20:00:00+09:00", window='["00:00", "24:00"]'),
-                    encoding="utf-8")
+    path.write_text(
+        CAMPAIGN_TOML.format(
+            id=CAMPAIGN,
+            prefer="email",
+            deadline="2099-05-31T23:59:59+09:00",
+            send_by="2099-05-28T20:00:00+09:00",
+            window='["00:00", "24:00"]',
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -185,9 +246,15 @@ def run_worker_until_sent(installed: Installed, env: dict[str, str], cwd: Path, 
     """Start `dispatcher worker`, wait until nothing is left to send, stop it with SIGTERM as systemd does."""
     log = cwd / "worker.stderr"
     with log.open("w") as stderr:
-        worker = subprocess.Popen([installed.dispatcher, "worker", "--processes", "1", "--threads", "2"], env=env,
-                                  cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)
+        worker = subprocess.Popen(
+            [installed.dispatcher, "worker", "--processes", "1", "--threads", "2"],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -209,9 +276,14 @@ def ses_event(name: str, message_id: str, recipient: str) -> str:
     """An SES event from the fixture files about ``message_id`` (no reference tag: matched by message id)."""
     now = datetime.now(UTC)
     text = (EVENTS / f"{name}.json").read_text(encoding="utf-8")
-    for key, value in {"{recipient}": recipient, "{message_id}": message_id, "{reference}": "",
-                       "{campaign}": CAMPAIGN, "{at}": now.isoformat().replace("+00:00", "Z"),
-                       "{sent_at}": (now - timedelta(seconds=5)).isoformat().replace("+00:00", "Z")}.items():
+    for key, value in {
+        "{recipient}": recipient,
+        "{message_id}": message_id,
+        "{reference}": "",
+        "{campaign}": CAMPAIGN,
+        "{at}": now.isoformat().replace("+00:00", "Z"),
+        "{sent_at}": (now - timedelta(seconds=5)).isoformat().replace("+00:00", "Z"),
+    }.items():
         text = text.replace(key, value)
     json.loads(text)
     return text
@@ -223,23 +295,52 @@ def read_report(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(raw.decode("utf-8-sig").splitlines()))
 
 
-def test_a_campaign_through_every_command_of_the_installed_package(installed: Installed, outside: Path,
-                                                                     moto: MotoService) -> None:
+def test_a_campaign_through_every_command_of_the_installed_package(
+    installed: Installed, outside: Path, moto: MotoService
+) -> None:
     # Given a deployment tree outside the repository, SES and SNS on the tests' moto server, the embedded Redis
-    env = base_env(installed, outside, DISPATCHER_EMAIL_PROVIDER="ses", DISPATCHER_SMS_PROVIDER="sns",
-                   AWS_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                   AWS_DEFAULT_REGION="ap-northeast-1")
-    boto3.client("sesv2", endpoint_url=moto.url, region_name="ap-northeast-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_email_identity(EmailIdentity="giftpad.jp")
+    env = base_env(
+        installed,
+        outside,
+        DISPATCHER_EMAIL_PROVIDER="ses",
+        DISPATCHER_SMS_PROVIDER="sns",
+        AWS_ENDPOINT_URL=moto.url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="ap-northeast-1",
+    )
+    boto3.client(
+        "sesv2",
+        endpoint_url=moto.url,
+        region_name="ap-northeast-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_email_identity(EmailIdentity="giftpad.jp")
     campaign = write_deployment(outside)
     rows = person_rows(9)  # six by e-mail, three by SMS
     (outside / "lists").mkdir()
     good = write_csv(outside / "lists" / "good.csv", rows)
-    more = [*person_rows(2, start=10, sms_every=100),
-            {"user_id": "BAD1", "name": "x", "email": "not-an-address", "phone": "",
-             "receipt_url": "https://receive.example.jp/r/bad1", "amount": "1", "category": "A"},
-            {"user_id": "BAD2", "name": "y", "email": "b2@example.jp", "phone": "",
-             "receipt_url": "https://phish.example.com/r/bad2", "amount": "1", "category": "A"}]
+    more = [
+        *person_rows(2, start=10, sms_every=100),
+        {
+            "user_id": "BAD1",
+            "name": "x",
+            "email": "not-an-address",
+            "phone": "",
+            "receipt_url": "https://receive.example.jp/r/bad1",
+            "amount": "1",
+            "category": "A",
+        },
+        {
+            "user_id": "BAD2",
+            "name": "y",
+            "email": "b2@example.jp",
+            "phone": "",
+            "receipt_url": "https://phish.example.com/r/bad2",
+            "amount": "1",
+            "category": "A",
+        },
+    ]
     mixed = write_csv(outside / "lists" / "mixed.csv", more)
 
     # When the list is checked and enqueued, then a second list with bad rows
@@ -279,13 +380,23 @@ def test_a_campaign_through_every_command_of_the_installed_package(installed: In
     assert "receive.example.jp" not in text and "user1@example.jp" not in text
 
     # When SES says one e-mail was delivered and another soft-bounced, through SQS (SNS -> SQS raw delivery)
-    sqs = boto3.client("sqs", endpoint_url=moto.url, region_name="ap-northeast-1", aws_access_key_id="testing",
-                       aws_secret_access_key="testing")
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=moto.url,
+        region_name="ap-northeast-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     queue_url = sqs.create_queue(QueueName="dispatcher-feedback")["QueueUrl"]
     for user, name in (("U000001", "ses_delivery"), ("U000002", "ses_bounce_transient")):
         record = ses_event(name, by_user[user]["provider_message_id"], f"user{int(user[1:])}@example.jp")
-        envelope = {"Type": "Notification", "MessageId": secrets.token_hex(8), "TopicArn": TOPIC, "Message": record,
-                    "Timestamp": datetime.now(UTC).isoformat()}
+        envelope = {
+            "Type": "Notification",
+            "MessageId": secrets.token_hex(8),
+            "TopicArn": TOPIC,
+            "Message": record,
+            "Timestamp": datetime.now(UTC).isoformat(),
+        }
         sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(envelope))
     events_env = {**env, "DISPATCHER_FEEDBACK_QUEUE_URL": queue_url}
     drained = run(installed, ["events", "--once"], events_env, outside)
@@ -335,8 +446,11 @@ class SnsSigner:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
 
-        message = {**message, "SignatureVersion": "2",
-                   "SigningCertURL": f"https://sns.ap-northeast-1.amazonaws.com/{self.cert_name}"}
+        message = {
+            **message,
+            "SignatureVersion": "2",
+            "SigningCertURL": f"https://sns.ap-northeast-1.amazonaws.com/{self.cert_name}",
+        }
         # The string to sign, as SNS documents it for a Notification (no Subject here)
         text = "".join(f"{k}\n{message[k]}\n" for k in ("Message", "MessageId", "Timestamp", "TopicArn", "Type"))
         signature = self.key.sign(text.encode(), padding.PKCS1v15(), hashes.SHA256())
@@ -353,9 +467,16 @@ def sns_signer(folder: Path) -> SnsSigner:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     folder.mkdir()
     cert_name = f"SimpleNotificationService-{secrets.token_hex(8)}.pem"
     (folder / cert_name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -368,18 +489,26 @@ def dashboard(installed: Installed, outside: Path) -> Iterator[tuple[str, dict[s
     env = base_env(installed, outside)
     campaign = write_deployment(outside)
     run(installed, ["enqueue", str(campaign), str(write_csv(outside / "list.csv", person_rows(6)))], env, outside)
-    secret_env = {"DISPATCHER_DASHBOARD_TOKEN": secrets.token_hex(24),
-                  "DISPATCHER_SMS_GATEWAY_SECRET": secrets.token_hex(24),
-                  "DISPATCHER_SNS_TOPIC_ARNS": TOPIC,
-                  "DISPATCHER_SNS_CERTIFICATE_DIR": str(outside / "certs"),
-                  # The login POST below is plain HTTP on loopback: the documented opt-out from Secure cookies
-                  "DISPATCHER_DASHBOARD_INSECURE_COOKIES": "true"}
+    secret_env = {
+        "DISPATCHER_DASHBOARD_TOKEN": secrets.token_hex(24),
+        "DISPATCHER_SMS_GATEWAY_SECRET": secrets.token_hex(24),
+        "DISPATCHER_SNS_TOPIC_ARNS": TOPIC,
+        "DISPATCHER_SNS_CERTIFICATE_DIR": str(outside / "certs"),
+        # The login POST below is plain HTTP on loopback: the documented opt-out from Secure cookies
+        "DISPATCHER_DASHBOARD_INSECURE_COOKIES": "true",
+    }
     port = free_port()
     log = outside / "dashboard.stderr"
     with log.open("w") as stderr:
-        server = subprocess.Popen([installed.dispatcher, "dashboard", "--host", "127.0.0.1", "--port", str(port)],
-                                  env={**env, **secret_env}, cwd=outside, stdout=subprocess.DEVNULL, stderr=stderr,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        server = subprocess.Popen(
+            [installed.dispatcher, "dashboard", "--host", "127.0.0.1", "--port", str(port)],
+            env={**env, **secret_env},
+            cwd=outside,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -403,7 +532,9 @@ def dashboard(installed: Installed, outside: Path) -> Iterator[tuple[str, dict[s
     assert_no_crash(["dashboard"], log.read_text())
 
 
-def test_the_installed_dashboard_answers_every_route(dashboard: tuple[str, dict[str, str]], outside: Path) -> None:
+def test_the_installed_dashboard_answers_every_route(
+    installed: Installed, dashboard: tuple[str, dict[str, str]], outside: Path
+) -> None:
     base, secret_env = dashboard
     bearer = {"Authorization": f"Bearer {secret_env['DISPATCHER_DASHBOARD_TOKEN']}"}
     signer = sns_signer(outside / "certs")
@@ -437,10 +568,16 @@ def test_the_installed_dashboard_answers_every_route(dashboard: tuple[str, dict[
         # When SNS posts a Notification signed with our test certificate from the allowed topic, about a message
         # id we never sent, and the same message claiming another topic
         record = ses_event("ses_delivery", "0000000000000000-unknown-message-id", "nobody@example.jp")
-        message = {"Type": "Notification", "MessageId": secrets.token_hex(8), "TopicArn": TOPIC, "Message": record,
-                   "Timestamp": datetime.now(UTC).isoformat()}
-        genuine = client.post("/feedback/sns", content=signer.sign(message),
-                              headers={"Content-Type": "text/plain; charset=UTF-8"})
+        message = {
+            "Type": "Notification",
+            "MessageId": secrets.token_hex(8),
+            "TopicArn": TOPIC,
+            "Message": record,
+            "Timestamp": datetime.now(UTC).isoformat(),
+        }
+        genuine = client.post(
+            "/feedback/sns", content=signer.sign(message), headers={"Content-Type": "text/plain; charset=UTF-8"}
+        )
         foreign = client.post("/feedback/sns", content=signer.sign({**message, "TopicArn": TOPIC + "-other"}))
         # Then the genuine one is verified (cryptography works in the installed package) and accepted, the other
         # refused
@@ -450,13 +587,25 @@ def test_the_installed_dashboard_answers_every_route(dashboard: tuple[str, dict[
         # When the SMS gateway posts a receipt with a correct HMAC, and one with a wrong one
         receipt = json.dumps({"id": "gw-unknown-1", "status": "delivered"}).encode()
         digest = hmac.new(secret_env["DISPATCHER_SMS_GATEWAY_SECRET"].encode(), receipt, hashlib.sha256).hexdigest()
-        signed = client.post("/feedback/sms-gateway", content=receipt,
-                             headers={"X-Gateway-Signature": f"sha256={digest}"})
-        forged = client.post("/feedback/sms-gateway", content=receipt,
-                             headers={"X-Gateway-Signature": f"sha256={'0' * 64}"})
+        signed = client.post(
+            "/feedback/sms-gateway", content=receipt, headers={"X-Gateway-Signature": f"sha256={digest}"}
+        )
+        forged = client.post(
+            "/feedback/sms-gateway", content=receipt, headers={"X-Gateway-Signature": f"sha256={'0' * 64}"}
+        )
         # Then the signed one is accepted and the forged one refused
         assert signed.status_code == 200, signed.text
         assert forged.status_code == 403, forged.text
+    # and the container health check, run by the package's own Python (no test extras), finds the route healthy
+    health = subprocess.run(
+        [str(installed.bin / "python"), str(ROOT / "deploy" / "healthcheck.py"), "http", f"{base}/healthz"],
+        capture_output=True,
+        text=True,
+        cwd=outside,
+        timeout=60,
+        env=base_env(installed, outside),
+    )
+    assert health.returncode == 0, health.stderr
     # and no page or API answer carried a receipt URL or a full address
     for body in bodies:
         assert "receive.example.jp/r/" not in body and "user1@example.jp" not in body
