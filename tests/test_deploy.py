@@ -412,6 +412,7 @@ def test_the_env_example_names_only_real_settings_and_holds_no_secret() -> None:
         "DISPATCHER_SMS_GATEWAY_TOKEN",
         "DISPATCHER_SMS_GATEWAY_SECRET",
         "DISPATCHER_FEEDBACK_QUEUE_URL",
+        "DISPATCHER_SNS_TOPIC_ARNS",
         "DISPATCHER_DASHBOARD_TOKEN",
         "DISPATCHER_SMTP_URL",
     } <= seen
