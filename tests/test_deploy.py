@@ -7,15 +7,18 @@ level of its schema; systemd units are read with configparser and, where this ma
 
 from __future__ import annotations
 
+import ast
 import configparser
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import sys
-import threading
+import time
+import tomllib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from dispatcher.settings import Settings
+
+from .services import free_port, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -134,7 +139,7 @@ def test_dockerfile_is_slim_non_root_and_installs_the_lock() -> None:
     installs = [line for line in text.splitlines() if "pip install" in line]
     assert installs and all("-c requirements.lock" in line for line in installs)
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
-    assert ignore[ignore.index("*") + 1:].count("!requirements.lock") == 1
+    assert ignore[ignore.index("*") + 1 :].count("!requirements.lock") == 1
 
 
 def lock() -> dict[str, str]:
@@ -162,6 +167,56 @@ def test_the_lock_pins_every_dependency_within_its_declared_range() -> None:
     assert "dispatcher" not in pins
 
 
+def runtime_and_test_only() -> tuple[set[str], set[str]]:
+    """Distribution names the package needs at run time, and those only its test extra brings."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    test = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["test"]}
+    return runtime, test - runtime
+
+
+def test_the_image_installs_the_runtime_dependencies_only() -> None:
+    # Given the Dockerfile's pip commands
+    text = (DEPLOY / "Dockerfile").read_text()
+    installs = [line for line in text.replace("\\\n", " ").splitlines() if "pip install" in line]
+    # Then they install the project's `dependencies` list and the project itself, never an extra
+    assert installs
+    assert "['project']['dependencies']" in text
+    assert all("[test]" not in line and ".[" not in line and "optional-dependencies" not in line for line in installs)
+
+
+def test_nothing_the_image_runs_needs_a_test_only_package() -> None:
+    runtime, test_only = runtime_and_test_only()
+    # Given what goes into the image or onto a host: the health check script, compose file, units, env example
+    runtime_files = [
+        DEPLOY / "Dockerfile",
+        DEPLOY / "healthcheck.py",
+        DEPLOY / "compose.yaml",
+        DEPLOY / "dispatcher.env.example",
+        *sorted((DEPLOY / "systemd").glob("*.service")),
+    ]
+    # Then none names a test-only package or the test extra
+    for path in runtime_files:
+        text = path.read_text(encoding="utf-8").lower()
+        assert "[test]" not in text, path.name
+        for name in test_only:
+            assert not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), f"{path.name} names {name}"
+    # and every module the health check imports is the standard library, dispatcher, or a runtime dependency
+    tree = ast.parse((DEPLOY / "healthcheck.py").read_text(encoding="utf-8"))
+    modules = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    modules |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+    }
+    owners = packages_distributions()
+    for module in sorted(modules - set(sys.stdlib_module_names) - {"__future__", "dispatcher"}):
+        distributions = {canonicalize_name(d) for d in owners.get(module, [])}
+        assert distributions & runtime, f"healthcheck.py imports {module}, which no runtime dependency provides"
+
+
 # systemd units -----------------------------------------------------------------------------------
 
 
@@ -182,8 +237,13 @@ def test_systemd_unit_restarts_runs_as_a_user_and_reads_the_env_file(name: str) 
     assert service["EnvironmentFile"] == "/etc/dispatcher/dispatcher.env"
     executable, verb, *_ = service["ExecStart"].split()
     assert executable == "/opt/dispatcher/bin/dispatcher" and verb == UNITS[name]
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-                       "PrivateTmp": "yes", "KillSignal": "SIGTERM"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "KillSignal": "SIGTERM",
+    }.items():
         assert service[key] == value, f"{name}: {key}"
     assert parsed["Install"]["WantedBy"] == "multi-user.target"
     assert "network-online.target" in parsed["Unit"]["After"]
@@ -194,15 +254,18 @@ def test_the_worker_unit_waits_for_in_flight_sends() -> None:
 
 
 def systemd_analyze() -> str:
+    # scripts/test installs it (Debian package `systemd`) where it may; under CI=true its absence fails.
     binary = shutil.which("systemd-analyze")
     if binary is None:
-        pytest.skip("systemd-analyze is not installed on this machine")
+        missing("systemd-analyze", "not installed on this machine (Debian package: systemd)")
+    assert binary is not None
     try:
         probe = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"systemd-analyze does not run here: {exc}")
+        missing("systemd-analyze", f"does not run here: {type(exc).__name__}")
+        raise
     if probe.returncode != 0:
-        pytest.skip(f"systemd-analyze does not run here: {probe.stderr.strip()[:200]}")
+        missing("systemd-analyze", f"does not run here: {probe.stderr.strip()[:200]}")
     return binary
 
 
@@ -211,7 +274,7 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path, dispatcher_cmd
     # verify checks that ExecStart's program exists: point it at this checkout's installed command.
     exe = Path(dispatcher_cmd[0])
     if not exe.is_file():
-        pytest.skip("no installed dispatcher console script to stand in for /opt/dispatcher/bin/dispatcher")
+        missing("the dispatcher console script", "nothing to stand in for /opt/dispatcher/bin/dispatcher")
     paths = []
     for name in UNITS:
         text = (DEPLOY / "systemd" / f"dispatcher-{name}.service").read_text()
@@ -221,7 +284,7 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path, dispatcher_cmd
     result = subprocess.run([binary, "verify", *paths], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     output = result.stdout + result.stderr
     if result.returncode != 0 and "Failed to" in output and "dispatcher-" not in output:
-        pytest.skip(f"systemd-analyze verify cannot run here: {output.strip()[:200]}")
+        missing("systemd-analyze verify", f"cannot run here: {output.strip()[:200]}")
     assert result.returncode == 0, output
     # verify only warns about unknown keys and bad values; here any warning about our units is a failure.
     assert "dispatcher-" not in output, output
@@ -277,8 +340,15 @@ def test_iam_policy_is_least_privilege() -> None:
         if statement.get("Resource") == "*":
             assert actions(statement) == ["ses:GetAccount"]  # account-level read: no narrower resource exists
     assert granted == {
-        "ses:SendEmail", "ses:SendRawEmail", "ses:GetEmailIdentity", "ses:GetAccount", "sns:Publish",
-        "sms-voice:SendTextMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
+        "ses:SendEmail",
+        "ses:SendRawEmail",
+        "ses:GetEmailIdentity",
+        "ses:GetAccount",
+        "sns:Publish",
+        "sms-voice:SendTextMessage",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
     }
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     send = by_sid["SendEmailAsTheAnnouncedSenderOnly"]
@@ -313,7 +383,11 @@ def test_the_template_wires_ses_and_sms_events_to_the_feedback_queue(template: d
 
 
 def test_cfn_lint_accepts_the_template() -> None:
-    api = pytest.importorskip("cfnlint.api", reason="cfn-lint (a moto dependency) is not installed")
+    try:
+        from cfnlint import api
+    except ImportError:
+        missing("cfn-lint", "not installed (it is in the test extra: pip install -e '.[test]')")
+        raise
     matches = api.lint_file(DEPLOY / "aws" / "dispatcher.cfn.yaml", config=api.ManualArgs(regions=["ap-northeast-1"]))
     assert [str(m) for m in matches] == []
 
@@ -333,33 +407,37 @@ def test_the_env_example_names_only_real_settings_and_holds_no_secret() -> None:
         seen.add(key)
         if SECRETISH.search(key) or ("://" in value and "@" in value):
             assert "CHANGE-ME" in value or value == "", f"{key} looks like a real secret"
-    assert {"DISPATCHER_DATABASE_URL", "DISPATCHER_SMS_GATEWAY_TOKEN", "DISPATCHER_SMS_GATEWAY_SECRET",
-            "DISPATCHER_FEEDBACK_QUEUE_URL", "DISPATCHER_DASHBOARD_TOKEN", "DISPATCHER_SMTP_URL"} <= seen
-
-
-class _Health(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/healthz" else 503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    assert {
+        "DISPATCHER_DATABASE_URL",
+        "DISPATCHER_SMS_GATEWAY_TOKEN",
+        "DISPATCHER_SMS_GATEWAY_SECRET",
+        "DISPATCHER_FEEDBACK_QUEUE_URL",
+        "DISPATCHER_SNS_TOPIC_ARNS",
+        "DISPATCHER_DASHBOARD_TOKEN",
+        "DISPATCHER_SMTP_URL",
+    } <= seen
 
 
 @pytest.fixture
-def health_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def dashboard_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The real dashboard (dispatcher's app under uvicorn) over a SQLite ledger, on a free loopback port."""
+    from dispatcher.dashboard import create_app
+    from dispatcher.runtime import Runtime
+    from dispatcher.settings import load_settings
+
+    from .dashboard_support import serving
+
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.setenv("DISPATCHER_DASHBOARD_TOKEN", secrets.token_hex(24))
+    rt = Runtime(load_settings())
+    with serving(create_app(rt, None)) as url:
+        yield url
 
 
 def healthcheck(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py"), *args], capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "healthcheck.py"), *args], capture_output=True, text=True, timeout=30
+    )
 
 
 @pytest.fixture(scope="module")
@@ -373,19 +451,54 @@ def health_module() -> Any:
     return module
 
 
-def test_healthcheck_http(health_server: str) -> None:
-    assert healthcheck("http", f"{health_server}/healthz").returncode == 0
-    failed = healthcheck("http", f"{health_server}/broken")
-    assert failed.returncode == 1 and "unhealthy" in failed.stderr
+def test_healthcheck_http_asks_the_real_dashboard(
+    dashboard_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the dashboard's own health route, which answers 200 only while its ledger answers
+    # When the container health check asks it, and asks a route that needs credentials
+    healthy = healthcheck("http", f"{dashboard_url}/healthz")
+    protected = healthcheck("http", f"{dashboard_url}/api/campaigns")
+    # Then the first is healthy; the second (401) is not, and says so without the URL
+    assert healthy.returncode == 0, healthy.stderr
+    assert protected.returncode == 1 and "unhealthy" in protected.stderr
+    assert dashboard_url not in protected.stderr
     assert healthcheck("nonsense").returncode == 2
+
+
+def test_healthcheck_http_fails_when_the_dashboard_cannot_reach_its_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatcher.dashboard import create_app
+    from dispatcher.runtime import Runtime
+    from dispatcher.settings import load_settings
+
+    from .dashboard_support import serving
+
+    # Given a real dashboard whose PostgreSQL ledger is down (nothing listens on its port)
+    monkeypatch.setenv(
+        "DISPATCHER_DATABASE_URL",
+        f"postgresql+psycopg://dispatcher@127.0.0.1:{free_port()}/dispatcher?connect_timeout=2",
+    )
+    monkeypatch.setenv("DISPATCHER_DASHBOARD_TOKEN", secrets.token_hex(24))
+    with serving(create_app(Runtime(load_settings()), None)) as url:
+        # When the health check asks its health route (which answers 503)
+        result = healthcheck("http", f"{url}/healthz")
+    # Then the container is reported unhealthy
+    assert result.returncode == 1 and "unhealthy" in result.stderr
 
 
 def test_healthcheck_finds_the_worker_pool_process(health_module: Any, tmp_path: Path) -> None:
     # No process table at all: no pool. (The machine's own /proc may hold other test runs' pools.)
     assert health_module.pool_running(tmp_path) is False
-    pool = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "dramatiq",
-                             "dispatcher.actors"])
+    pool = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "-m", "dramatiq", "dispatcher.actors"]
+    )
     try:
+        # Until the child has exec'd, its /proc cmdline is still pytest's: wait for the exec, not a fixed time.
+        for _ in range(200):
+            if health_module.pool_running():
+                break
+            time.sleep(0.05)
         assert health_module.pool_running() is True
     finally:
         pool.kill()
@@ -407,6 +520,8 @@ def test_healthcheck_asks_the_ledger(health_module: Any, tmp_path: Path, monkeyp
 
     monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
     assert health_module.ledger_answers() is True
-    monkeypatch.setenv("DISPATCHER_DATABASE_URL",
-                       f"postgresql+psycopg://dispatcher@127.0.0.1:{free_port()}/dispatcher?connect_timeout=2")
+    monkeypatch.setenv(
+        "DISPATCHER_DATABASE_URL",
+        f"postgresql+psycopg://dispatcher@127.0.0.1:{free_port()}/dispatcher?connect_timeout=2",
+    )
     assert health_module.ledger_answers() is False
