@@ -91,6 +91,11 @@ def test_enqueue_and_worker_under_umask_022_leave_only_private_files(tmp_path, d
             pytest.fail("the worker did not send the campaign")
         # Then, while the worker runs (SQLite's -wal/-shm and Redis' files exist), nothing is readable by others
         assert (data / "dispatcher.db-wal").exists() and list((data / "redis").iterdir())
+        # (the command set its own umask, for whatever a library creates without asking for a mode)
+        umask = [
+            line for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines() if line.startswith("Umask")
+        ]
+        assert umask == ["Umask:\t0077"]
         assert _too_open(data) == []
     finally:
         worker.terminate()
