@@ -38,7 +38,6 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
             os.mkdir(part, DIR_MODE)
         except FileExistsError:
             continue  # another process made it first
-        os.chmod(part, DIR_MODE)  # an odd umask may have removed the owner's own bits
     return folder
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,18 +154,46 @@ def test_python_api_under_umask_022_uses_a_running_commands_redis_and_creates_pr
         server.stop()
 
 
-def test_the_ledger_made_by_an_earlier_version_is_made_private_when_opened(tmp_path, umask_022) -> None:
-    # Given a ledger left world-readable (made by an earlier version under umask 022)
+_CRASH_WITH_A_WAL = """
+import os, sqlite3, sys
+os.umask(0o022)
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE leftover (x)")
+db.execute("INSERT INTO leftover VALUES (1)")
+os._exit(0)  # no checkpoint: the -wal and -shm files stay, with content
+"""
+
+
+def test_a_ledger_and_wal_left_world_readable_are_made_private_when_opened(tmp_path, umask_022) -> None:
+    # Given a ledger whose process died with its WAL unmerged, all made under umask 022 (an earlier version)
     from dispatcher.ledger import Ledger
 
     db = tmp_path / "old" / "dispatcher.db"
-    Ledger(f"sqlite:///{db}").dispose()
-    db.chmod(0o644)
-    # When the program opens it again and writes to it
+    db.parent.mkdir()
+    subprocess.run([sys.executable, "-c", _CRASH_WITH_A_WAL, str(db)], check=True, timeout=60)
+    wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
+    assert wal.stat().st_size > 0 and {_mode(db), _mode(wal), _mode(shm)} == {0o644}
+    # When the program opens it again and reads from it
     ledger = Ledger(f"sqlite:///{db}")
     try:
         ledger.counts("none")
-        # Then the ledger and the WAL files SQLite makes beside it are 0600, in the 0700 folder made for it
+        # Then the ledger and both WAL files are 0600
+        assert (_mode(db), _mode(wal), _mode(shm)) == (0o600, 0o600, 0o600)
+    finally:
+        ledger.dispose()
+
+
+def test_a_new_ledger_and_its_wal_files_are_private_under_umask_022(tmp_path, umask_022) -> None:
+    # Given umask 022 and no ledger yet
+    from dispatcher.ledger import Ledger
+
+    db = tmp_path / "new" / "dispatcher.db"
+    # When the program creates and writes it
+    ledger = Ledger(f"sqlite:///{db}")
+    try:
+        ledger.counts("none")
+        # Then the ledger and the WAL files SQLite makes beside it are 0600, in a 0700 folder
         assert _mode(db) == 0o600 and _mode(Path(f"{db}-wal")) == 0o600 and _mode(Path(f"{db}-shm")) == 0o600
         assert _mode(db.parent) == 0o700
     finally:
@@ -237,8 +266,8 @@ def test_outbox_files_are_private_under_umask_022(tmp_path, umask_022) -> None:
     email = OutgoingEmail("1.1", "c1", "a@example.jp", f"To: a@example.jp\r\n\r\n{url}\r\n".encode())
     sms = OutgoingSms("2.1", "c1", "+819012345678", url, 1, datetime(2099, 1, 1, tzinfo=UTC))
     # When one e-mail and one SMS are "sent"
-    EmailOutbox(settings)._send(email)
     SmsOutbox(settings)._send(sms)
+    EmailOutbox(settings)._send(email)
     # Then every file and folder of the outbox is its owner's only
     assert (tmp_path / "box" / "sms.jsonl").exists() and list((tmp_path / "box").rglob("*.eml"))
     assert _too_open(tmp_path / "box") == []
