@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from rich.table import Table
 from . import clock
 from .errors import ConfigError, DispatcherError, InputError
 from .privacy import install_log_redaction
+from .private import PRIVATE_UMASK
 from .settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
@@ -73,6 +75,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    # Everything a command creates (ledger, rejects, reports, outbox, Redis data) may hold receipt URLs or
+    # contacts: owner-only, whatever umask the shell or service manager gave us.
+    os.umask(PRIVATE_UMASK)
     try:
         cli(standalone_mode=True)
     except (ConfigError, InputError) as exc:

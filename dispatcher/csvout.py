@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import os
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from .private import open_private_for_writing, private_dir
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: Spaces a spreadsheet may skip before it looks for a formula (ASCII, no-break and ideographic).
@@ -32,8 +35,10 @@ def neutralise(value: Any) -> str:
 
 class SafeCsvWriter:
     def __init__(self, path: Path, header: Sequence[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] = path.open("w", encoding="utf-8-sig", newline="", errors="replace")
+        private_dir(path.parent)
+        # 0600 and never through a symbolic link: rejects and reports hold receipt URLs and contacts.
+        fd = open_private_for_writing(path)
+        self._fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8-sig", newline="", errors="replace")
         self._writer = csv.writer(self._fh, quoting=csv.QUOTE_MINIMAL)
         self.header = list(header)
         self._writer.writerow([neutralise(h) for h in self.header])

@@ -7,6 +7,7 @@ process against a private Redis, and writes messages to the outbox. The clock is
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import time
@@ -17,11 +18,20 @@ from rich.console import Console
 
 from . import clock
 from .clock import JST
+from .errors import ConfigError
+from .private import private_dir, write_private_text
 from .settings import Settings
 from .states import PENDING
 
 DEMO_START = datetime(2023, 4, 5, 10, 0, tzinfo=JST)
 SHIPPED_CAMPAIGN = "regionpay-2023-app.toml"
+#: Written first into every demo folder: only a folder holding it may be cleared by the next demo.
+DEMO_MARKER = ".dispatcher-demo"
+#: Everything a demo writes into its folder; a previous demo folder holding anything else is left alone.
+_DEMO_ENTRIES = frozenset({
+    DEMO_MARKER, "recipients.csv", "recipients.rejects.csv", "dispatcher.db", "dispatcher.db-wal",
+    "dispatcher.db-shm", "dispatcher.db-journal", "outbox", "redis",
+})
 
 _SURNAMES = ["佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤"]
 _GIVEN = ["太郎", "花子", "健", "美咲", "翔", "陽菜", "大輔", "さくら"]
@@ -72,8 +82,36 @@ def generate_recipients(path: Path, size: int, seed: int = 20230405) -> int:
             email = ""
         rows.append(f"U-{i:05d},{name},{email},{phone},{url},{amount},{category}")
     rows.extend(bad)
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_private_text(path, "\n".join(rows) + "\n")
     return len(bad)
+
+
+def prepare_directory(directory: Path) -> None:
+    """Make ``directory`` an empty demo folder, deleting only what an earlier demo wrote there.
+
+    A missing or empty folder is used as it is; a folder with our marker and nothing but the demo's own
+    files is cleared; anything else is refused (``ConfigError``, exit 2): ``--dir`` may name a folder of
+    the user's by mistake, and the demo must never delete what it did not create.
+    """
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise ConfigError(f"demo --dir {directory}: not a folder; choose a new or empty folder")
+    if directory.is_dir():
+        entries = set(os.listdir(directory))
+        if entries and DEMO_MARKER not in entries:
+            raise ConfigError(f"demo --dir {directory}: the folder is not empty and no demo made it; "
+                              "choose a new or empty folder (nothing was deleted)")
+        foreign = sorted(entries - _DEMO_ENTRIES)
+        if foreign:
+            raise ConfigError(f"demo --dir {directory}: holds {len(foreign)} file(s) the demo did not write "
+                              f"(first: {foreign[0]!r}); move them or choose another folder (nothing was deleted)")
+        for name in entries:
+            target = directory / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+    private_dir(directory)
+    write_private_text(directory / DEMO_MARKER, "written by dispatcher demo; the next demo may clear this folder\n")
 
 
 def run_demo(settings: Settings, *, size: int, directory: Path, console: Console) -> int:
@@ -85,9 +123,7 @@ def run_demo(settings: Settings, *, size: int, directory: Path, console: Console
     from .redis_server import redis_available
     from .status import campaign_status
 
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    prepare_directory(directory)
     demo_settings = settings.model_copy(update={
         "data_dir": directory, "database_url": None, "redis_url": None, "outbox_dir": None,
         "email_provider": "outbox", "sms_provider": "outbox", "email_rate": None, "sms_rate": None,

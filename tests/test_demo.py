@@ -28,4 +28,4 @@ def test_demo_runs_end_to_end_on_embedded_defaults(tmp_path, dispatcher_cmd) -> 
     assert len(rejects) == 1 + 10
     assert "sent" in result.stdout and str(demo_dir / "outbox") in result.stdout
     # and its private Redis is gone
-    assert not (demo_dir / "redis" / "redis.port").exists()
+    assert not (demo_dir / "redis" / "redis.json").exists()  # the description holding its password

@@ -187,13 +187,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _private_sqlite_file(database: str) -> None:
+    """Create the ledger 0600 in a 0700 folder before SQLite opens it: SQLite gives its ``-wal``, ``-shm``
+    and ``-journal`` files the database file's mode, and the Python API may run under umask 022."""
+    import os
+
+    from ..private import FILE_MODE, create_private_file, private_dir, tighten
+
+    private_dir(os.path.dirname(os.path.abspath(database)))
+    create_private_file(database)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(database + suffix, FILE_MODE)  # left by an earlier version with the umask's mode
+
+
 def _engine(url: str, *, immediate: bool) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            from pathlib import Path
-
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            _private_sqlite_file(parsed.database)
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         # A write transaction takes the write lock first, so it never fails half-way on a lock upgrade.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import clock
 from ..errors import PermanentError
+from ..private import FILE_MODE, private_dir
 from ..states import Channel
 from .base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult, register
 
@@ -31,14 +32,15 @@ class EmailOutbox(Provider):
     def _send(self, outgoing: Outgoing) -> SendResult:
         if not isinstance(outgoing, OutgoingEmail):
             raise PermanentError("outbox: not an e-mail", code="WrongChannel")
-        folder = Path(self.settings.outbox_path) / "email" / _safe(outgoing.campaign_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_dir(Path(self.settings.outbox_path) / "email" / _safe(outgoing.campaign_id))
         message_id = f"outbox-{uuid.uuid4()}"
         # File names as plain strings: pathlib interns every path part it parses, and a name per message
         # grew the interpreter's table of interned strings by megabytes over a large campaign.
         final = os.path.join(folder, f"{_safe(outgoing.reference)}.eml")
         tmp = os.path.join(folder, f".{message_id}.tmp")
-        with open(tmp, "wb") as fh:
+        # 0600 whatever the umask: the message holds the receipt URL and the address.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        with open(fd, "wb") as fh:
             fh.write(outgoing.raw)
         os.replace(tmp, final)
         return SendResult(self.name, message_id)
@@ -52,24 +54,29 @@ class SmsOutbox(Provider):
     def _send(self, outgoing: Outgoing) -> SendResult:
         if not isinstance(outgoing, OutgoingSms):
             raise PermanentError("outbox: not an SMS", code="WrongChannel")
-        folder = Path(self.settings.outbox_path)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_dir(self.settings.outbox_path)
         message_id = f"outbox-{uuid.uuid4()}"
-        line = json.dumps({
-            "message_id": message_id,
-            "reference": outgoing.reference,
-            "campaign": outgoing.campaign_id,
-            "to": outgoing.to,
-            "from": self.settings.sms_sender,
-            "text": outgoing.text,
-            "parts": outgoing.parts,
-            "expires_at": outgoing.expires_at.isoformat(),
-            "at": clock.now().isoformat(),
-        }, ensure_ascii=False) + "\n"
+        line = (
+            json.dumps(
+                {
+                    "message_id": message_id,
+                    "reference": outgoing.reference,
+                    "campaign": outgoing.campaign_id,
+                    "to": outgoing.to,
+                    "from": self.settings.sms_sender,
+                    "text": outgoing.text,
+                    "parts": outgoing.parts,
+                    "expires_at": outgoing.expires_at.isoformat(),
+                    "at": clock.now().isoformat(),
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
         data = line.encode("utf-8")
         with _lock:
             # One write() on an O_APPEND descriptor: lines from several processes never interleave.
-            fd = os.open(folder / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(folder / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
             try:
                 os.write(fd, data)
             finally:
