@@ -20,7 +20,7 @@ from dispatcher.states import Status
 from .helpers import person_rows, write_campaign
 from .services import free_port
 
-TOKEN = "test-dashboard-token-0123456789abcdef"
+TOKEN = "dashboard-token-for-the-tests-7f3a9c0e5b1d"
 CAMPAIGN = "test-campaign"
 BAD_ROWS = [
     {"user_id": "BAD1", "name": "x", "email": "not-an-address", "phone": "",
@@ -73,8 +73,9 @@ def send(rt: Runtime, delivery_id: int, to: Status = Status.SENT, reason: str | 
 def serving(app: Any) -> Iterator[str]:
     """A real uvicorn server for ``app`` in a thread on a free 127.0.0.1 port; yields its base URL."""
     port = free_port()
+    # proxy_headers off as in `dispatcher dashboard`: the app believes X-Forwarded-* from trusted proxies only.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off",
-                            ws="none")
+                            ws="none", proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="dashboard-server", daemon=True)
     thread.start()
