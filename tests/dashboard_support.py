@@ -42,13 +42,15 @@ class Seeded:
 
 
 def seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int = 60, *,
-         dispatch: Callable[[list[int]], None] | None = None, **campaign: str) -> Seeded:
-    """Given a SQLite ledger in ``tmp_path`` and the ``redis_url`` fixture's Redis: a campaign of ``n`` people
-    (one in three by SMS) plus two rejected rows, enqueued; handed to ``dispatch`` if given, else to nobody."""
+         dispatch: Callable[[list[int]], None] | None = None, database_url: str | None = None,
+         **campaign: str) -> Seeded:
+    """Given a SQLite ledger in ``tmp_path`` (or ``database_url``) and the ``redis_url`` fixture's Redis: a
+    campaign of ``n`` people (one in three by SMS) plus two rejected rows, enqueued; handed to ``dispatch`` if
+    given, else to nobody."""
     from dispatcher.cli import install_runtime
     from dispatcher.enqueue import enqueue_campaign
 
-    monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", database_url or f"sqlite:///{tmp_path / 'ledger.db'}")
     monkeypatch.setenv("DISPATCHER_DASHBOARD_TOKEN", TOKEN)
     settings = load_settings()
     rt = install_runtime(settings)
