@@ -40,7 +40,7 @@ from dispatcher.ledger import Ledger
 
 URL = os.environ.get("DISPATCHER_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/dispatcher_bench")
 CAMPAIGN = "bench-1m"
-TOKEN = "bench-dashboard-token-0123456789"
+TOKEN = "bench-dashboard-token-5c81e0f2a7d94b36"
 ROOT = Path(__file__).resolve().parent.parent
 #: Share of deliveries per state, for a campaign caught mid-way.
 MIX = [("delivered", 0.40), ("sent", 0.20), ("failed", 0.015), ("bounced", 0.01), ("complained", 0.001),

@@ -37,6 +37,14 @@ class keys:
     def sweep_lock() -> str:
         return f"{keys.prefix}:sweep-lock"
 
+    @staticmethod
+    def dashboard_signing_key() -> str:
+        return f"{keys.prefix}:dashboard:signing-key"
+
+    @staticmethod
+    def dashboard_session(generation: str, sid: str) -> str:
+        return f"{keys.prefix}:dashboard:session:{generation}:{sid}"
+
 
 def build_broker(redis_url: str) -> RedisBroker:
     # A dead worker's messages come back after heartbeat_timeout; the ledger's claim makes the redelivery

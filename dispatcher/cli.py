@@ -465,7 +465,12 @@ def dashboard(host: str, port: int) -> None:
     if not settings.dashboard_token:
         fail("DISPATCHER_DASHBOARD_TOKEN is not set: the dashboard will not start without a token "
              "(every page, API call and /metrics is authenticated with it)")
-    from .dashboard import serve
+    from .dashboard import check_start, serve
+
+    try:
+        check_start(settings, host)  # before the embedded Redis starts: a weak token stops here
+    except ConfigError as exc:
+        fail(str(exc))
 
     with redis_available(settings) as live:
         rt = install_runtime(live)

@@ -20,7 +20,7 @@ from dispatcher.states import Status
 from .helpers import person_rows, write_campaign
 from .services import free_port
 
-TOKEN = "test-dashboard-token-0123456789abcdef"
+TOKEN = "dashboard-token-for-the-tests-7f3a9c0e5b1d"
 CAMPAIGN = "test-campaign"
 BAD_ROWS = [
     {"user_id": "BAD1", "name": "x", "email": "not-an-address", "phone": "",
@@ -42,13 +42,15 @@ class Seeded:
 
 
 def seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int = 60, *,
-         dispatch: Callable[[list[int]], None] | None = None, **campaign: str) -> Seeded:
-    """Given a SQLite ledger in ``tmp_path`` and the ``redis_url`` fixture's Redis: a campaign of ``n`` people
-    (one in three by SMS) plus two rejected rows, enqueued; handed to ``dispatch`` if given, else to nobody."""
+         dispatch: Callable[[list[int]], None] | None = None, database_url: str | None = None,
+         **campaign: str) -> Seeded:
+    """Given a SQLite ledger in ``tmp_path`` (or ``database_url``) and the ``redis_url`` fixture's Redis: a
+    campaign of ``n`` people (one in three by SMS) plus two rejected rows, enqueued; handed to ``dispatch`` if
+    given, else to nobody."""
     from dispatcher.cli import install_runtime
     from dispatcher.enqueue import enqueue_campaign
 
-    monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", database_url or f"sqlite:///{tmp_path / 'ledger.db'}")
     monkeypatch.setenv("DISPATCHER_DASHBOARD_TOKEN", TOKEN)
     settings = load_settings()
     rt = install_runtime(settings)
@@ -73,8 +75,9 @@ def send(rt: Runtime, delivery_id: int, to: Status = Status.SENT, reason: str | 
 def serving(app: Any) -> Iterator[str]:
     """A real uvicorn server for ``app`` in a thread on a free 127.0.0.1 port; yields its base URL."""
     port = free_port()
+    # proxy_headers off as in `dispatcher dashboard`: the app believes X-Forwarded-* from trusted proxies only.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off",
-                            ws="none")
+                            ws="none", proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="dashboard-server", daemon=True)
     thread.start()

@@ -7,6 +7,7 @@ tests skip loudly, and fail under CI=true.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+#: The tracked screenshots are rewritten only when asked (DISPATCHER_TEST_SCREENSHOTS=1); otherwise tmp_path.
+TRACKED_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+#: Read at import: the tests' clean environment drops every DISPATCHER_* variable before each test.
+WRITE_SCREENSHOTS = os.environ.get("DISPATCHER_TEST_SCREENSHOTS") == "1"
 #: No background traffic: the browser talks to 127.0.0.1 and nothing else.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -58,6 +62,8 @@ def running_campaign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url:
     monkeypatch.setenv("DISPATCHER_EMAIL_RATE", str(RATE))
     monkeypatch.setenv("DISPATCHER_SMS_RATE", str(RATE))
     monkeypatch.setenv("DISPATCHER_DOMAIN_RATES", "{}")
+    # Plain HTTP on loopback, the one case the opt-out exists for.
+    monkeypatch.setenv("DISPATCHER_DASHBOARD_INSECURE_COOKIES", "true")
     seeded = seed(tmp_path, monkeypatch, n=150)
     from dispatcher import runtime
     from dispatcher.actors import dispatch_ids
@@ -81,11 +87,19 @@ def count(page: Page, state: str) -> int:
     return int(text.replace(",", ""))
 
 
-def test_operator_watches_pauses_and_resumes_a_running_campaign(browser: Browser, running_campaign: Seeded) -> None:
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    folder = TRACKED_SCREENSHOTS if WRITE_SCREENSHOTS else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_operator_watches_pauses_and_resumes_a_running_campaign(
+    browser: Browser, running_campaign: Seeded, screenshots: Path
+) -> None:
     from dispatcher.actors import dispatch_ids
 
     seeded = running_campaign
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     requested: list[str] = []
     with serving(create_app(seeded.rt, dispatch_ids)) as base:
         context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="ja-JP",
@@ -102,7 +116,7 @@ def test_operator_watches_pauses_and_resumes_a_running_campaign(browser: Browser
         assert "テスト補償キャンペーン" in page.inner_text("table.campaigns")
         # The list refreshes itself while the campaign runs
         page.wait_for_function("() => document.querySelector('[data-updated]').textContent.includes('JST')")
-        page.screenshot(path=str(SCREENSHOTS / "campaigns.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "campaigns.png"), full_page=True)
 
         # When they open the running campaign
         page.click("text=テスト補償キャンペーン")
@@ -141,7 +155,7 @@ def test_operator_watches_pauses_and_resumes_a_running_campaign(browser: Browser
         page.click("text=15分")  # the chart's shortest range shows this short run best
         page.wait_for_url(re.compile(r".*minutes=15$"))
         page.set_viewport_size({"width": 1280, "height": 1700})
-        page.screenshot(path=str(SCREENSHOTS / "campaign.png"))
+        page.screenshot(path=str(screenshots / "campaign.png"))
         context.close()
     strays = [url for url in requested if not url.startswith(base)]
     assert not strays, f"the browser left 127.0.0.1: {strays}"

@@ -25,6 +25,8 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Seeded:
+    # Plain HTTP on loopback: httpx would not send a Secure cookie back (tests/test_dashboard_auth.py covers it).
+    monkeypatch.setenv("DISPATCHER_DASHBOARD_INSECURE_COOKIES", "true")
     s = seed(tmp_path, monkeypatch, n=60)
     ids = s.rt.ledger.in_status(s.campaign_id, [Status.QUEUED])
     # Given some history: sends, an e-mail hard failure and an SMS failure whose provider texts quote the

@@ -19,6 +19,7 @@ from .. import operations
 from ..errors import DispatcherError
 from ..operations import DEFAULT_RESEND, ResendPlan
 from ..states import Channel, Status
+from . import params
 from .auth import action, principal_of
 from .views import render, runtime_of
 
@@ -41,7 +42,9 @@ def _refused(request: Request, status_code: int, message: str) -> Response:
 async def _run(request: Request, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run an operation in a worker thread; a refusal becomes a 404/409 answer instead of a result."""
     rt = runtime_of(request)
-    campaign_id = request.path_params["campaign_id"]
+    campaign_id = params.campaign_id(request)
+    if campaign_id is None:
+        return _refused(request, 404, "そのキャンペーンは台帳にありません。")
     if await run_in_threadpool(rt.ledger.campaign, campaign_id, fresh=True) is None:
         return _refused(request, 404, f"キャンペーン「{campaign_id}」は台帳にありません。")
     try:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import clock
+from . import params
 from .auth import api
 from .summary import all_views, campaign_view, detail_json, summary_json
 from .views import runtime_of
@@ -22,7 +23,9 @@ async def campaigns(request: Request) -> Response:
 @api
 async def campaign(request: Request) -> Response:
     rt = runtime_of(request)
-    campaign_id = request.path_params["campaign_id"]
+    campaign_id = params.campaign_id(request)
+    if campaign_id is None:
+        return JSONResponse({"error": "no such campaign in the ledger"}, status_code=404)
 
     def load() -> dict[str, object] | None:
         view = campaign_view(rt, campaign_id)

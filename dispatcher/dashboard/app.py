@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..errors import ConfigError
 from ..runtime import Runtime
+from ..settings import Settings, weak_secret
 from . import actions, api, feedback_routes, metrics, views
 from .auth import Auth
 from .series import SendsPerMinute
+from .sessions import store_for
 
 Dispatch = Callable[[list[int]], None]
 
@@ -22,6 +28,8 @@ Dispatch = Callable[[list[int]], None]
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 MAX_BODY = 1024 * 1024
+#: Longest request target (path and query) served; the pages' own links are far shorter.
+MAX_URI = 4096
 
 
 class SecurityHeaders:
@@ -53,11 +61,48 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(rt: Runtime, dispatch: Dispatch | None, *, token: str | None = None) -> Starlette:
-    """The dashboard for ``rt``'s ledger; ``dispatch`` hands re-queued deliveries to the broker."""
-    token = token or rt.settings.dashboard_token
+class UriLimit:
+    """Refuses overlong request targets before routing or logging spends anything on them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+        if scope["type"] == "http" and target > MAX_URI:
+            await PlainTextResponse("request target too long", status_code=414)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def check_credentials(settings: Settings, token: str | None) -> str:
+    """The dashboard token, once it and the metrics token are fit to guard anything (else ConfigError)."""
     if not token:
         raise ConfigError("DISPATCHER_DASHBOARD_TOKEN is not set: the dashboard does not run without a token")
+    problem = weak_secret(token)
+    if problem:
+        raise ConfigError(f"DISPATCHER_DASHBOARD_TOKEN {problem}")
+    if settings.metrics_token is not None and hmac.compare_digest(settings.metrics_token, token):
+        raise ConfigError("DISPATCHER_METRICS_TOKEN must differ from DISPATCHER_DASHBOARD_TOKEN "
+                          "(it is handed to scrapers and opens /metrics only)")
+    return token
+
+
+def trusted_proxies(settings: Settings) -> list[str]:
+    """DISPATCHER_TRUSTED_PROXIES as addresses and networks; a wildcard or a name is refused."""
+    for entry in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"DISPATCHER_TRUSTED_PROXIES: entry {len(entry)} characters long is not an IP "
+                              "address or network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+    return list(settings.trusted_proxies)
+
+
+def create_app(rt: Runtime, dispatch: Dispatch | None, *, token: str | None = None) -> Starlette:
+    """The dashboard for ``rt``'s ledger; ``dispatch`` hands re-queued deliveries to the broker."""
+    settings = rt.settings
+    token = check_credentials(settings, token or settings.dashboard_token)
     routes = [
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/login", views.login, methods=["GET", "POST"]),
@@ -76,10 +121,17 @@ def create_app(rt: Runtime, dispatch: Dispatch | None, *, token: str | None = No
         # CSS and script only (no data), so the login page can use them before anyone signs in.
         Mount("/static", StaticFiles(packages=[("dispatcher.dashboard", "static")]), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], max_body_size=MAX_BODY)
+    middleware = [
+        # X-Forwarded-For/-Proto are believed from the listed proxies only (the client key for pacing).
+        Middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies(settings)),
+        Middleware(SecurityHeaders),
+        Middleware(UriLimit),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, max_body_size=MAX_BODY)
     app.state.rt = rt
     app.state.dispatch = dispatch
-    app.state.auth = Auth(token)
+    app.state.auth = Auth(token, store_for(rt.redis), metrics_token=settings.metrics_token,
+                          secure_cookies=not settings.dashboard_insecure_cookies)
     app.state.templates = views.make_templates()
     app.state.sends = SendsPerMinute()
     return app

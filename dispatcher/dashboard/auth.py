@@ -1,31 +1,33 @@
-"""Who may use the dashboard: the deployment's token, as a Bearer header or through a login session.
+"""Who may use the dashboard: the deployment's token, as a Bearer header or through a login session; the
+read-only metrics token for ``/metrics`` alone.
 
-Sessions are signed cookies (itsdangerous) keyed by a secret derived from the token, so rotating the
-token logs everybody out. The cookie carries a random session id and a per-session CSRF token that every
-state-changing form must echo back; Bearer calls carry the token itself and need no CSRF token.
+Sessions are server-side (see :mod:`.sessions`): logout and token rotation revoke them. Every token check
+(form, Bearer, metrics) is paced per client and globally (see :mod:`.pacing`). The session carries a CSRF
+token that every state-changing form must echo back; Bearer calls carry the token itself and need none.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import hmac
-import secrets
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .pacing import FailurePacer, client_key, retry_after
+from .sessions import SESSION_MAX_AGE, Session, Sessions, SessionStore
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
+log = logging.getLogger(__name__)
+
 SESSION_COOKIE = "dispatcher_session"
-SESSION_MAX_AGE = 12 * 3600
 CSRF_FIELD = "csrf_token"
-#: Slows down guessing the token through the login form.
-FAILED_LOGIN_DELAY = 0.5
+#: Longer "tokens" are not compared at all (ours are far shorter; this bounds the work an attacker buys).
+MAX_CANDIDATE = 1024
 
 
 @dataclass(frozen=True)
@@ -35,41 +37,66 @@ class Principal:
     via: Literal["session", "bearer"]
     #: The session's CSRF token (None for Bearer calls).
     csrf: str | None = None
+    session: Session | None = None
+    #: The read-only metrics token: opens /metrics and nothing else.
+    metrics_only: bool = False
+
+
+@dataclass(frozen=True)
+class Paced:
+    """Too many failed token checks: not checked now, try again after this many seconds."""
+
+    seconds: float
+
+
+Outcome = Principal | Paced | None
+
+
+def _same(candidate: str, secret: bytes) -> bool:
+    return hmac.compare_digest(candidate.encode("utf-8", "replace"), secret)
 
 
 class Auth:
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, store: SessionStore, *, metrics_token: str | None = None,
+                 secure_cookies: bool = True, pacer: FailurePacer | None = None) -> None:
         self._token = token.encode()
-        secret = hmac.new(self._token, b"dispatcher dashboard session v1", hashlib.sha256).hexdigest()
-        self._signer = URLSafeTimedSerializer(secret, salt="dispatcher-session")
+        self._metrics_token = metrics_token.encode() if metrics_token else None
+        self.sessions = Sessions(store, token)
+        self.secure_cookies = secure_cookies
+        self.pacer = pacer or FailurePacer()
 
-    def token_matches(self, candidate: str) -> bool:
-        return hmac.compare_digest(candidate.encode(), self._token)
+    def check_token(self, request: Request, candidate: str, *, accept_metrics: bool = False) -> Outcome:
+        """Compare a presented token, unless this client (or everyone) has failed too often lately."""
+        client = client_key(request.client.host if request.client else None)
+        wait = self.pacer.wait(client)
+        if wait is not None:
+            return Paced(wait)
+        if len(candidate) <= MAX_CANDIDATE:
+            if _same(candidate, self._token):
+                self.pacer.succeeded(client)
+                return Principal("dashboard:api-token", "bearer")
+            if accept_metrics and self._metrics_token is not None and _same(candidate, self._metrics_token):
+                self.pacer.succeeded(client)
+                return Principal("dashboard:metrics-token", "bearer", metrics_only=True)
+        locked = self.pacer.failed(client)
+        # The candidate itself is never logged: it may be a mistyped real token.
+        if locked is not None:
+            log.warning("dashboard: repeated failed token checks from %s; its next ones are refused for %.0f s",
+                        client, locked)
+        return None
 
-    def new_session(self) -> tuple[str, Principal]:
-        """A fresh signed cookie value and the principal it stands for."""
-        sid, csrf = secrets.token_urlsafe(18), secrets.token_urlsafe(24)
-        return self._signer.dumps({"sid": sid, "csrf": csrf}), Principal(f"dashboard:{sid[:8]}", "session", csrf)
-
-    def from_cookie(self, value: str | None) -> Principal | None:
-        if not value:
-            return None
-        try:
-            data = self._signer.loads(value, max_age=SESSION_MAX_AGE)
-        except BadSignature:  # also covers expired and malformed cookies
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("sid"), str) or not isinstance(data.get("csrf"), str):
-            return None
-        return Principal(f"dashboard:{data['sid'][:8]}", "session", data["csrf"])
-
-    def principal(self, request: Request) -> Principal | None:
+    def principal(self, request: Request, *, accept_metrics: bool = False) -> Outcome:
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, credential = header.partition(" ")
-            if scheme.lower() == "bearer" and self.token_matches(credential.strip()):
-                return Principal("dashboard:api-token", "bearer")
-            return None  # a wrong token is not rescued by a cookie
-        return self.from_cookie(request.cookies.get(SESSION_COOKIE))
+            if scheme.lower() != "bearer":
+                return None
+            # A wrong token is not rescued by a cookie.
+            return self.check_token(request, credential.strip(), accept_metrics=accept_metrics)
+        session = self.sessions.resolve(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            return None
+        return Principal(f"dashboard:{session.sid[:8]}", "session", session.csrf, session)
 
     def csrf_ok(self, principal: Principal, submitted: object) -> bool:
         if principal.via == "bearer":
@@ -93,18 +120,32 @@ def unauthorized_json() -> Response:
                         status_code=401, headers={"WWW-Authenticate": 'Bearer realm="dispatcher"'})
 
 
+def too_many_json(paced: Paced) -> Response:
+    return JSONResponse({"error": "too many failed sign-in attempts: try again later"}, status_code=429,
+                        headers={"Retry-After": retry_after(paced.seconds)})
+
+
 def safe_next(target: str | None) -> str:
     """Only a path on this site: never an open redirect to another host."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > 2048:
         return "/"
     return target
+
+
+def _usable(outcome: Outcome, *, metrics: bool = False) -> Principal | None:
+    if isinstance(outcome, Principal) and (metrics or not outcome.metrics_only):
+        return outcome
+    return None
 
 
 def page(handler: Endpoint) -> Endpoint:
     """A page for people: without credentials, 401 with the login form in place."""
 
     async def guarded(request: Request) -> Response:
-        principal = auth_of(request).principal(request)
+        outcome = auth_of(request).principal(request)
+        if isinstance(outcome, Paced):
+            return too_many_json(outcome)
+        principal = _usable(outcome)
         if principal is None:
             from .views import login_form
 
@@ -115,11 +156,12 @@ def page(handler: Endpoint) -> Endpoint:
     return guarded
 
 
-def api(handler: Endpoint) -> Endpoint:
-    """A machine endpoint: without credentials, 401 and a WWW-Authenticate challenge."""
-
+def _machine(handler: Endpoint, *, metrics: bool) -> Endpoint:
     async def guarded(request: Request) -> Response:
-        principal = auth_of(request).principal(request)
+        outcome = auth_of(request).principal(request, accept_metrics=metrics)
+        if isinstance(outcome, Paced):
+            return too_many_json(outcome)
+        principal = _usable(outcome, metrics=metrics)
         if principal is None:
             return unauthorized_json()
         request.state.principal = principal
@@ -128,12 +170,25 @@ def api(handler: Endpoint) -> Endpoint:
     return guarded
 
 
+def api(handler: Endpoint) -> Endpoint:
+    """A machine endpoint: without credentials, 401 and a WWW-Authenticate challenge."""
+    return _machine(handler, metrics=False)
+
+
+def metrics_api(handler: Endpoint) -> Endpoint:
+    """Like :func:`api`, but the read-only metrics token opens it too."""
+    return _machine(handler, metrics=True)
+
+
 def action(handler: Endpoint) -> Endpoint:
     """A state-changing POST: credentials, and the session's CSRF token unless called with the Bearer token."""
 
     async def guarded(request: Request) -> Response:
         auth = auth_of(request)
-        principal = auth.principal(request)
+        outcome = auth.principal(request)
+        if isinstance(outcome, Paced):
+            return too_many_json(outcome)
+        principal = _usable(outcome)
         if principal is None:
             return unauthorized_json()
         form = await request.form()
@@ -147,9 +202,6 @@ def action(handler: Endpoint) -> Endpoint:
 
 
 def set_session_cookie(request: Request, response: Response, value: str) -> None:
+    # Secure whatever scheme this process sees: behind a TLS-terminating proxy it sees plain HTTP.
     response.set_cookie(SESSION_COOKIE, value, max_age=SESSION_MAX_AGE, path="/", httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https")
-
-
-async def failed_login_pause() -> None:
-    await asyncio.sleep(FAILED_LOGIN_DELAY)
+                        secure=auth_of(request).secure_cookies)

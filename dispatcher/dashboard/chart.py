@@ -23,7 +23,7 @@ def _nice(value: int) -> int:
     """A round axis maximum at or above ``value``."""
     if value <= 5:
         return 5
-    magnitude = 10 ** (len(str(value)) - 1)
+    magnitude = int(10 ** (len(str(value)) - 1))
     for step in (1, 2, 5, 10):
         if value <= step * magnitude:
             return step * magnitude

@@ -24,7 +24,7 @@ from .. import broker, clock
 from ..runtime import Runtime
 from ..states import Status
 from . import queries
-from .auth import api
+from .auth import metrics_api
 from .views import runtime_of
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def render_metrics(rt: Runtime) -> bytes:
     return generate_latest(registry)
 
 
-@api
+@metrics_api
 async def endpoint(request: Request) -> Response:
     body = await run_in_threadpool(render_metrics, runtime_of(request))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

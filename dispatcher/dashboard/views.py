@@ -11,17 +11,20 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..runtime import Runtime
 from ..states import Channel, Status
-from . import labels, queries
+from . import labels, params, queries
 from .auth import (
     CSRF_FIELD,
     SESSION_COOKIE,
+    Paced,
+    Principal,
     action,
     auth_of,
-    failed_login_pause,
     page,
+    principal_of,
     safe_next,
     set_session_cookie,
 )
+from .pacing import retry_after
 from .summary import CHART_RANGES, all_views, campaign_view, chart, detail_json
 
 
@@ -56,15 +59,21 @@ def login_form(request: Request, *, status_code: int = 200, next_path: str = "/"
 async def login(request: Request) -> Response:
     auth = auth_of(request)
     if request.method == "GET":
-        if auth.principal(request) is not None:
-            return RedirectResponse(safe_next(request.query_params.get("next")), status_code=303)
-        return login_form(request, next_path=request.query_params.get("next", "/"))
+        next_path = params.one(request, "next")
+        if isinstance(auth.principal(request), Principal):
+            return RedirectResponse(safe_next(next_path), status_code=303)
+        return login_form(request, next_path=next_path or "/")
     form = await request.form()
     token, next_path = form.get("token"), safe_next(str(form.get("next") or "/"))
-    if not isinstance(token, str) or not auth.token_matches(token):
-        await failed_login_pause()
+    outcome = auth.check_token(request, token if isinstance(token, str) else "")
+    if isinstance(outcome, Paced):
+        response = login_form(request, status_code=429, next_path=next_path,
+                              error="失敗が続いたため、しばらく受け付けません。時間をおいてお試しください。")
+        response.headers["Retry-After"] = retry_after(outcome.seconds)
+        return response
+    if outcome is None:
         return login_form(request, status_code=401, next_path=next_path, error="トークンが正しくありません。")
-    cookie, _ = auth.new_session()
+    cookie, _ = auth.sessions.start()
     response = RedirectResponse(next_path, status_code=303)
     set_session_cookie(request, response, cookie)
     return response
@@ -72,8 +81,13 @@ async def login(request: Request) -> Response:
 
 @action
 async def logout(request: Request) -> Response:
+    session = principal_of(request).session
+    if session is not None:
+        # Revoked server-side: a copy of the cookie kept elsewhere no longer works either.
+        auth_of(request).sessions.end(session)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
+                           secure=auth_of(request).secure_cookies)
     return response
 
 
@@ -83,42 +97,39 @@ async def campaigns_page(request: Request) -> Response:
     return render(request, "campaigns.html", views=views)
 
 
-def _choice(value: str | None, kind: type[Status] | type[Channel]) -> Any:
-    try:
-        return kind(value) if value else None
-    except ValueError:
-        return None
-
-
-def _cursor(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+def not_found(request: Request, campaign_id: str | None) -> Response:
+    # An id that cannot exist is not repeated back.
+    named = f"キャンペーン「{campaign_id}」" if campaign_id else "そのキャンペーン"
+    message = f"{named}は台帳にありません。"
+    return render(request, "error.html", status_code=404, title="見つかりません", message=message)
 
 
 @page
 async def campaign_page(request: Request) -> Response:
     rt = runtime_of(request)
-    campaign_id = request.path_params["campaign_id"]
-    q = request.query_params
-    status, channel = _choice(q.get("status"), Status), _choice(q.get("channel"), Channel)
-    minutes = int(q["minutes"]) if q.get("minutes", "").isdigit() and int(q["minutes"]) in CHART_RANGES else 60
+    campaign_id = params.campaign_id(request)
+    status, channel = params.choice(request, "status", Status), params.choice(request, "channel", Channel)
+    after, before = params.number(request, "after"), params.number(request, "before")
+    minutes = params.among(request, "minutes", CHART_RANGES, 60)
+    done, resent = params.one(request, "done"), params.number(request, "n")
+    if campaign_id is None:
+        return not_found(request, None)
 
     def load() -> dict[str, Any] | None:
         view = campaign_view(rt, campaign_id)
         if view is None:
             return None
-        page_ = queries.delivery_page(rt.ledger, campaign_id, status=status, channel=channel,
-                                      after=_cursor(q.get("after")), before=_cursor(q.get("before")))
+        page_ = queries.delivery_page(rt.ledger, campaign_id, status=status, channel=channel, after=after,
+                                      before=before)
         return {"view": view, "detail": detail_json(rt, view), "deliveries": page_,
                 "chart_svg": chart(rt, view, minutes, request.app.state.sends)}
 
     data = await run_in_threadpool(load)
     if data is None:
-        return render(request, "error.html", status_code=404, title="見つかりません",
-                      message=f"キャンペーン「{campaign_id}」は台帳にありません。")
-    done = q.get("done")
+        return not_found(request, campaign_id)
     notice = labels.DONE_MESSAGES.get(done or "")
-    if notice and done == "resend" and (q.get("n") or "").isdigit():
-        notice = f"{int(q['n']):,}件の再送を受け付けました。"
+    if notice and done == "resend" and resent is not None:
+        notice = f"{resent:,}件の再送を受け付けました。"
     filters = {"status": status.value if status else "", "channel": channel.value if channel else ""}
     return render(request, "campaign.html", notice=notice, filters=filters, minutes=minutes, **data)
 
@@ -126,9 +137,10 @@ async def campaign_page(request: Request) -> Response:
 @page
 async def chart_fragment(request: Request) -> Response:
     rt = runtime_of(request)
-    campaign_id = request.path_params["campaign_id"]
-    minutes = request.query_params.get("minutes", "60")
-    span = int(minutes) if minutes.isdigit() and int(minutes) in CHART_RANGES else 60
+    campaign_id = params.campaign_id(request)
+    span = params.among(request, "minutes", CHART_RANGES, 60)
+    if campaign_id is None:
+        return HTMLResponse("", status_code=404)
 
     def draw() -> str | None:
         view = campaign_view(rt, campaign_id)
