@@ -485,7 +485,9 @@ def dashboard(host: str, port: int) -> None:
 @click.option("--size", default=300, show_default=True, type=click.IntRange(10, 100_000),
               help="Number of generated recipients.")
 @click.option("--dir", "directory", default=Path("var/demo"), show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Where the demo writes everything.")
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where the demo writes everything: a new or empty folder, or one an earlier demo made "
+                   "(cleared first); any other folder is refused, nothing deleted.")
 def demo(size: int, directory: Path) -> None:
     """A full sample campaign on embedded defaults (no Redis, no AWS): prints where to look; exits."""
     from .demo import run_demo

@@ -28,10 +28,19 @@ SHIPPED_CAMPAIGN = "regionpay-2023-app.toml"
 #: Written first into every demo folder: only a folder holding it may be cleared by the next demo.
 DEMO_MARKER = ".dispatcher-demo"
 #: Everything a demo writes into its folder; a previous demo folder holding anything else is left alone.
-_DEMO_ENTRIES = frozenset({
-    DEMO_MARKER, "recipients.csv", "recipients.rejects.csv", "dispatcher.db", "dispatcher.db-wal",
-    "dispatcher.db-shm", "dispatcher.db-journal", "outbox", "redis",
-})
+_DEMO_ENTRIES = frozenset(
+    {
+        DEMO_MARKER,
+        "recipients.csv",
+        "recipients.rejects.csv",
+        "dispatcher.db",
+        "dispatcher.db-wal",
+        "dispatcher.db-shm",
+        "dispatcher.db-journal",
+        "outbox",
+        "redis",
+    }
+)
 
 _SURNAMES = ["佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤"]
 _GIVEN = ["太郎", "花子", "健", "美咲", "翔", "陽菜", "大輔", "さくら"]
@@ -98,12 +107,16 @@ def prepare_directory(directory: Path) -> None:
     if directory.is_dir():
         entries = set(os.listdir(directory))
         if entries and DEMO_MARKER not in entries:
-            raise ConfigError(f"demo --dir {directory}: the folder is not empty and no demo made it; "
-                              "choose a new or empty folder (nothing was deleted)")
+            raise ConfigError(
+                f"demo --dir {directory}: the folder is not empty and no demo made it; "
+                "choose a new or empty folder (nothing was deleted)"
+            )
         foreign = sorted(entries - _DEMO_ENTRIES)
         if foreign:
-            raise ConfigError(f"demo --dir {directory}: holds {len(foreign)} file(s) the demo did not write "
-                              f"(first: {foreign[0]!r}); move them or choose another folder (nothing was deleted)")
+            raise ConfigError(
+                f"demo --dir {directory}: holds {len(foreign)} file(s) the demo did not write "
+                f"(first: {foreign[0]!r}); move them or choose another folder (nothing was deleted)"
+            )
         for name in entries:
             target = directory / name
             if target.is_dir() and not target.is_symlink():
