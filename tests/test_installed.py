@@ -530,6 +530,20 @@ def dashboard(installed: Installed, outside: Path) -> Iterator[tuple[str, dict[s
                 server.kill()
                 server.wait()
     assert_no_crash(["dashboard"], log.read_text())
+    # Stopping the dashboard stops the private Redis it started (uvicorn used to re-raise SIGTERM first).
+    assert not processes_mentioning(str(outside)), "the dashboard left its embedded Redis running"
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and "redis-server" in cmdline:
+            found.append(cmdline)
+    return found
 
 
 def test_the_installed_dashboard_answers_every_route(

@@ -57,4 +57,6 @@ def serve(rt: Runtime, dispatch: Dispatch | None, *, host: str, port: int) -> No
     # would believe any local process).
     config = uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False, access_log=True,
                             proxy_headers=False)
-    uvicorn.Server(config).run()
+    from .server import Server
+
+    Server(config).run()
