@@ -19,7 +19,8 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .campaign import Campaign
 from .clock import JST
@@ -147,12 +148,11 @@ def _escape_attempt(tree: nodes.Template) -> int | None:
             name: object = node.attr
         elif isinstance(node, nodes.Getitem):
             name = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            first = node.args[0]
+            name = first.value if isinstance(first, nodes.Const) else None
         else:
-            name = (
-                node.args[0].value
-                if node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const)
-                else None
-            )
+            name = None
         if isinstance(name, str) and name.startswith("_"):
             return node.lineno
     return None
