@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -13,6 +14,7 @@ from .errors import ConfigError
 from .states import Channel
 
 REQUIRED = ("id", "name", "template", "deadline", "send_by", "receipt_hosts")
+_TEMPLATE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ def parse_campaign(data: dict[str, Any], where: str = "campaign", source: Path |
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
     if not isinstance(data["id"], str) or not data["id"].strip() or len(data["id"]) > 64:
         raise ConfigError(f"{where}: 'id' must be a non-empty string of at most 64 characters")
+    template = data["template"]
+    if not isinstance(template, str) or not _TEMPLATE_NAME.fullmatch(template):
+        # A folder name, not a path: "../x" or "/etc" would take templates from outside templates/.
+        raise ConfigError(f"{where}: 'template' must be a folder name of letters, digits, '.', '_' or '-'")
     prefer = data.get("prefer", "email")
     if prefer not in ("email", "sms"):
         raise ConfigError(f"{where}: 'prefer' must be \"email\" or \"sms\", not {prefer!r}")
@@ -118,7 +124,7 @@ def parse_campaign(data: dict[str, Any], where: str = "campaign", source: Path |
     return Campaign(
         id=data["id"].strip(),
         name=str(data["name"]),
-        template=str(data["template"]),
+        template=template,
         deadline=deadline,
         send_by=send_by,
         receipt_hosts=frozenset(h.lower() for h in hosts),

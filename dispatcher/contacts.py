@@ -28,9 +28,20 @@ _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 LEGACY_LOCAL_PART = "legacy-local-part"
 
 
+#: Line breaks and control characters (C0, DEL, C1, U+2028/U+2029): never part of an address, and a header
+#: injection if one ever reached a header.
+_LINE_OR_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def check_email(raw: str) -> tuple[str, str | None]:
-    """Return ``(address, flag)``. Tolerates ``a..b.@docomo.ne.jp``-style legacy local parts."""
-    value = unicodedata.normalize("NFKC", raw).strip()
+    """Return ``(address, flag)``. Tolerates ``a..b.@docomo.ne.jp``-style legacy local parts.
+
+    Only a plain ``local@domain`` of atext and dots passes: every e-mail header is later built from it.
+    """
+    value = unicodedata.normalize("NFKC", raw)
+    if _LINE_OR_CONTROL.search(value):
+        raise FieldError("email", "contains a line break or control character")
+    value = value.strip(" ")
     if not value.isascii():
         raise FieldError("email", "contains non-ASCII characters (SES accepts 7-bit addresses only)")
     local, sep, domain = value.rpartition("@")
@@ -40,6 +51,9 @@ def check_email(raw: str) -> tuple[str, str | None]:
         raise FieldError("email", "is too long")
     if not _LOCAL_CHARS.match(local):
         raise FieldError("email", "local part has characters that are not allowed")
+    if "=?" in local:
+        # Mail software decodes "=?charset?b?...?=" (RFC 2047) even inside an address: it can become others.
+        raise FieldError("email", "local part contains '=?' (an RFC 2047 encoded word); not a real mailbox")
     labels = domain.lower().split(".")
     if len(labels) < 2 or not all(_LABEL.match(label) for label in labels) or not labels[-1].isalpha():
         raise FieldError("email", f"domain '{domain}' is not a valid host name")

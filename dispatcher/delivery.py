@@ -16,9 +16,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import quote
 
 from . import clock, sms
-from .errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled
+from .errors import AmbiguousOutcome, ConfigError, DispatcherError, PermanentError, ProviderError, Throttled
 from .feedback.apply import PendingLimits, apply_pending
 from .ledger.store import CampaignRecord, Delivery
 from .mime import build_raw
@@ -172,11 +173,34 @@ def _deliver(rt: Runtime, delivery_id: int,
         return Outcome(None)  # another worker has it
     try:
         outgoing = build_outgoing(rt, claimed, record)
-    except ConfigError as exc:
-        ledger.move(delivery_id, Status.FAILED, actor="worker", detail=str(exc), provider_code="render",
-                    values={"reason": str(exc)})
-        return Outcome(Status.FAILED)
+    except Exception as exc:
+        return _not_built(rt, claimed, exc)
     return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot, after=after)
+
+
+def _not_built(rt: Runtime, delivery: Delivery, exc: Exception) -> Outcome:
+    """The message could not be made (template, sandbox, header check...): nothing reached a provider, so
+    the delivery fails for good here rather than sit in ``sending`` until the sweep calls it ``unknown``."""
+    reason = _unsent_reason(delivery, exc)
+    code = "render" if isinstance(exc, ConfigError) else exc.code if isinstance(exc, ProviderError) else "build"
+    log.warning("delivery %s: not sent, the message could not be built: %s", delivery.id, reason)
+    rt.ledger.move(delivery.id, Status.FAILED, actor="worker", detail=reason, provider_code=code or "build",
+                   values={"reason": reason})
+    return Outcome(Status.FAILED)
+
+
+def _unsent_reason(delivery: Delivery, exc: Exception) -> str:
+    """Our own errors say what is wrong without values; anything else gives its kind only. Either way the
+    text is withheld if it holds this delivery's URL (with or without scheme, percent-encoded) or contact."""
+    kind = type(exc).__name__
+    text = redact(str(exc)) if isinstance(exc, DispatcherError) else f"the message could not be built ({kind})"
+    url = delivery.receipt_url or ""
+    own = [url, url.partition("://")[2], quote(url, safe=""), delivery.contact or "",
+           (delivery.contact or "").partition("@")[0]]
+    folded = text.casefold()
+    if any(len(value) >= 3 and value.casefold() in folded for value in own):
+        return f"the message could not be built ({kind}; details withheld: they quoted the recipient's data)"
+    return text[:500]
 
 
 class _SendCache:

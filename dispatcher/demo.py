@@ -20,6 +20,7 @@ from . import clock
 from .clock import JST
 from .errors import ConfigError
 from .private import private_dir, write_private_text
+from .render import packaged_data
 from .settings import Settings
 from .states import PENDING
 
@@ -49,11 +50,11 @@ _DOMAINS = ["docomo.ne.jp", "ezweb.ne.jp", "au.com", "softbank.ne.jp", "i.softba
 
 
 def find_campaign_file() -> Path:
-    here = Path(__file__).resolve().parent
-    for root in (Path("config"), here / "_data" / "config", here.parent / "config"):
-        candidate = root / "campaigns" / SHIPPED_CAMPAIGN
-        if candidate.is_file():
-            return candidate
+    """The shipped campaign as installed with the package (never a ``config/`` in the working directory:
+    the demo must show what we ship, whatever folder it is started from)."""
+    candidate = packaged_data("config") / "campaigns" / SHIPPED_CAMPAIGN
+    if candidate.is_file():
+        return candidate
     raise FileNotFoundError(SHIPPED_CAMPAIGN)
 
 

@@ -17,13 +17,47 @@ from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any
 
+from .errors import PermanentError
 from .render import Email
 
 #: Header that lets bounces and replies find the delivery without any personal data.
 DELIVERY_HEADER = "X-Dispatcher-Delivery"
+
+
+class MessageError(PermanentError):
+    """This delivery's values cannot make a safe e-mail (a header that cannot be written, a recipient that
+    is not exactly one plain address). Retrying cannot help. The message names the header, never a value;
+    the email package's own exception, when there is one, is the ``__cause__``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="message")
+
+
+#: The only recipients we write: an addr-spec of atext and dots (the legacy docomo/au forms included) at a
+#: host name. No quotes, comments, angle brackets, commas, spaces or control characters; and no "=?",
+#: which the email package's header parser decodes as an RFC 2047 encoded word *inside* the address
+#: (``=?utf-8?b?...?=@example.jp`` can become two recipients), whatever the Python patch level.
+_PLAIN_RECIPIENT = re.compile(
+    r"(?!.*=\?)[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?[.])+[A-Za-z]{2,63}"
+)
+
+
+def _checked_recipient(to: str) -> str:
+    if len(to) > 254 or not _PLAIN_RECIPIENT.fullmatch(to):
+        raise MessageError("recipient is not one plain e-mail address; nothing was sent")
+    return to
+
+
+def _check_written_recipient(line: bytes, to: str) -> None:
+    """The To: line as written must read back as exactly the delivery's contact and nothing else: the last
+    guard should the address rules above or the email package's folding ever let a second recipient in.
+    (The header registry, the costlier parser, is checked against the same rules in tests/test_mime.py.)"""
+    value = line.decode("ascii", "replace").partition(":")[2].replace("\r\n", "").strip()
+    if getaddresses([value]) != [("", to)]:
+        raise MessageError("the To header does not read back as the recipient alone; nothing was sent")
 
 
 def build_message(
@@ -38,7 +72,7 @@ def build_message(
     msg = EmailMessage(policy=SMTP)
     local, _, domain = sender.partition("@")
     msg["From"] = Address(display_name=sender_name, username=local, domain=domain)
-    msg["To"] = to
+    msg["To"] = _checked_recipient(to)
     msg["Subject"] = email.subject
     msg["Date"] = format_datetime(sent_at)
     msg["Message-ID"] = make_msgid(idstring=delivery_ref.replace(":", "."), domain=domain)
@@ -61,15 +95,37 @@ def build_raw(
 ) -> bytes:
     """``build_message(...).as_bytes()``, byte for byte, at a fraction of the cost.
 
-    Same arguments; same exceptions in the same order: what build_message raises while building (a line
-    break in a header value, text that is not UTF-8) is raised before what as_bytes() raises (a header
-    that cannot be written in ASCII).
+    Same arguments; the same faults in the same order: what build_message raises while building (a
+    recipient that is not one plain address, a line break in a header value, text that is not UTF-8) is
+    raised before what as_bytes() raises (a header that cannot be written in ASCII). Every fault is a
+    :class:`MessageError` (permanent), with the email package's exception, if any, as its cause; the
+    written To: line is checked to read back as ``to`` alone.
     """
+    try:
+        return _build_raw(
+            email, to=to, sender=sender, sender_name=sender_name, delivery_ref=delivery_ref, sent_at=sent_at
+        )
+    except MessageError:
+        raise
+    except (ValueError, TypeError, UnicodeError, LookupError) as exc:
+        # Header and charset faults of the email package; its message may quote a value, so ours does not.
+        raise MessageError(f"the message cannot be built ({type(exc).__name__}); nothing was sent") from exc
+
+
+def _build_raw(
+    email: Email,
+    *,
+    to: str,
+    sender: str,
+    sender_name: str,
+    delivery_ref: str,
+    sent_at: datetime,
+) -> bytes:
     local, _, domain = sender.partition("@")
     # As build_message builds: every header parsed (or known not to need it), then the bodies encoded.
     head = [
         _from_header(sender_name, local, domain),
-        _header("To", to),
+        _header("To", _checked_recipient(to)),
         _cached_header("Subject", email.subject),
         _header("Date", format_datetime(sent_at)),
         _message_id_header(make_msgid(idstring=delivery_ref.replace(":", "."), domain=domain)),
@@ -78,27 +134,43 @@ def build_raw(
     text = _base64_body(email.text)
     html = None if email.html is None else _base64_body(email.html)
     # As as_bytes() writes: the parts, then the headers folded.
+    lines = [_write(item) for item in head]
+    _check_written_recipient(lines[1], to)
     if html is None:
-        return b"".join([*map(_write, head), _SINGLE_PART_HEADERS, text])
+        return b"".join([*lines, _SINGLE_PART_HEADERS, text])
     # The generator's boundary (email.generator.Generator._make_boundary). It checks that no line of the
     # parts is the boundary; base64 lines and these part headers never are, so the first draw is kept.
     boundary = (_BOUNDARY_FORMAT % random.randrange(sys.maxsize)).encode("ascii")
-    return b"".join([
-        *map(_write, head),
-        b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary="', boundary, b'"\r\n\r\n',
-        b"--", boundary, _TEXT_PART_HEADERS, text,
-        b"\r\n--", boundary, _HTML_PART_HEADERS, html,
-        b"\r\n--", boundary, b"--\r\n",
-    ])
+    return b"".join(
+        [
+            *lines,
+            b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary="',
+            boundary,
+            b'"\r\n\r\n',
+            b"--",
+            boundary,
+            _TEXT_PART_HEADERS,
+            text,
+            b"\r\n--",
+            boundary,
+            _HTML_PART_HEADERS,
+            html,
+            b"\r\n--",
+            boundary,
+            b"--\r\n",
+        ]
+    )
 
 
 _BOUNDARY_FORMAT = "=" * 15 + f"%0{len(repr(sys.maxsize - 1))}d" + "=="
-_SINGLE_PART_HEADERS = (b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n'
-                        b"MIME-Version: 1.0\r\n\r\n")
+_SINGLE_PART_HEADERS = (
+    b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\nMIME-Version: 1.0\r\n\r\n'
+)
 _TEXT_PART_HEADERS = b'\r\nContent-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
 # add_alternative() gives the new part its own MIME-Version header.
-_HTML_PART_HEADERS = (b'\r\nContent-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n'
-                      b"MIME-Version: 1.0\r\n\r\n")
+_HTML_PART_HEADERS = (
+    b'\r\nContent-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\nMIME-Version: 1.0\r\n\r\n'
+)
 
 # Headers ----------------------------------------------------------------------------------------
 #: Values the SMTP policy writes back unchanged when the line fits in 78 characters (checked against the
@@ -202,4 +274,4 @@ def _base64_body(text: str) -> bytes:
     # The email package encodes 57-byte chunks into 76-char lines; 57 is a multiple of 3, so that is the
     # base64 of the whole cut every 76 characters.
     encoded = b2a_base64(data, newline=False)
-    return b"".join([encoded[i:i + 76] + b"\r\n" for i in range(0, len(encoded), 76)])
+    return b"".join([encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76)])

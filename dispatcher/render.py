@@ -2,6 +2,12 @@
 
 A campaign's templates are snapshotted into the ledger at enqueue time, so every worker on every host
 renders exactly what was checked, even if the files change during the campaign.
+
+Templates are code run on every worker, so they run in Jinja2's immutable sandbox (SPEC §12): no access
+to private or internal attributes (``__globals__``, ``__subclasses__``, ...), no mutation of the values
+handed in, bounded ranges and repetitions. Names that can only be an escape attempt are refused when the
+template is compiled, so ``check`` and ``enqueue`` name the file before anything is sent; the sandbox
+itself stops whatever else is tried while rendering.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .campaign import Campaign
 from .clock import JST
@@ -30,9 +38,23 @@ _WEEKDAYS = "月火水木金土日"
 _PER_CAMPAIGN = frozenset({"deadline", "campaign", "text", "sender"})
 #: Template constructs that could make the output depend on the receipt URL other than by printing it as is
 #: (or depend on something else per render: macros and calls, includes, filter blocks, assignments).
-_NOT_FRAMEABLE = (nodes.Call, nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.Include, nodes.Extends,
-                  nodes.Import, nodes.FromImport, nodes.Assign, nodes.AssignBlock, nodes.With, nodes.Scope,
-                  nodes.OverlayScope, nodes.EvalContextModifier, nodes.ScopedEvalContextModifier)
+_NOT_FRAMEABLE = (
+    nodes.Call,
+    nodes.Macro,
+    nodes.CallBlock,
+    nodes.FilterBlock,
+    nodes.Include,
+    nodes.Extends,
+    nodes.Import,
+    nodes.FromImport,
+    nodes.Assign,
+    nodes.AssignBlock,
+    nodes.With,
+    nodes.Scope,
+    nodes.OverlayScope,
+    nodes.EvalContextModifier,
+    nodes.ScopedEvalContextModifier,
+)
 
 
 def jp_date(value: datetime) -> str:
@@ -54,15 +76,37 @@ def yen(value: int) -> str:
 
 
 def templates_root() -> list[Path]:
-    """Where template folders are looked for: the working directory, then the installed copy."""
+    """The installed template folders: the wheel's copy, or the repository's in a source checkout.
+
+    Never the working directory: whoever can write there would choose the code every worker runs.
+    """
+    return [packaged_data("templates")]
+
+
+def packaged_data(name: str) -> Path:
+    """A folder shipped with the package: ``dispatcher/_data/NAME`` in a wheel, else the repository's own
+    ``NAME/`` beside the package (an editable install or a checkout, recognised by its pyproject.toml)."""
     here = Path(__file__).resolve().parent
-    return [Path("templates"), here / "_data" / "templates", here.parent / "templates"]
+    wheel = here / "_data" / name
+    if wheel.is_dir() or not (here.parent / "pyproject.toml").is_file():
+        return wheel
+    return here.parent / name
+
+
+def deployment_templates(campaign_file: Path) -> Path | None:
+    """``templates/`` beside the ``config/`` folder that holds the campaign file (SPEC §9), if it is in one."""
+    for folder in campaign_file.parents:
+        if folder.name == "config":
+            return folder.parent / "templates"
+    return None
 
 
 def load_template_sources(campaign: Campaign, templates_dir: Path | None = None) -> dict[str, str]:
     candidates = [templates_dir] if templates_dir else []
     if campaign.source is not None:
-        candidates.append(campaign.source.parent.parent.parent / "templates")
+        beside = deployment_templates(campaign.source)
+        if beside is not None:
+            candidates.append(beside)
     candidates += templates_root()
     for root in candidates:
         folder = root / campaign.template
@@ -73,6 +117,54 @@ def load_template_sources(campaign: Campaign, templates_dir: Path | None = None)
                 raise ConfigError(f"template folder {folder}: missing {', '.join(missing)}")
             return sources
     raise ConfigError(f"campaign '{campaign.id}': template folder '{campaign.template}' not found")
+
+
+#: Longest string or list a template may build by repetition (``"x" * n``), and largest exponent.
+MAX_REPEAT = 100_000
+MAX_EXPONENT = 64
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, with repetition and powers bounded too (a worker's memory is shared)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"exponent above {MAX_EXPONENT} is not allowed")
+        if operator == "*":
+            sizes = [len(v) for v in (left, right) if isinstance(v, str | list | tuple)]
+            counts = [v for v in (left, right) if isinstance(v, int)]
+            if sizes and counts and sizes[0] * counts[0] > MAX_REPEAT:
+                raise SecurityError(f"repetition longer than {MAX_REPEAT} is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+def _escape_attempt(tree: nodes.Template) -> int | None:
+    """The line of a private or dunder name reached through ``.x``, ``["x"]`` or ``|attr("x")``: only an
+    escape from the sandbox would want one. (The name is not quoted back: it is the template's text.)"""
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        if isinstance(node, nodes.Getattr):
+            name: object = node.attr
+        elif isinstance(node, nodes.Getitem):
+            name = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            first = node.args[0]
+            name = first.value if isinstance(first, nodes.Const) else None
+        else:
+            name = None
+        if isinstance(name, str) and name.startswith("_"):
+            return node.lineno
+    return None
+
+
+def _unquoted(message: str, ctx: dict[str, Any]) -> str:
+    """The error text, unless it quotes one of the recipient's values (``{{ text[receipt_url] }}`` names
+    the missing key, which is the URL): the message names the variable, never a value."""
+    values = [ctx.get(k) for k in ("receipt_url", "name", "inquiry_no")] + list((ctx.get("extra") or {}).values())
+    if any(isinstance(v, str) and len(v) >= 3 and v in message for v in values):
+        return "undefined value (the error text quoted a recipient's value and is withheld)"
+    return message
 
 
 @dataclass(frozen=True)
@@ -88,7 +180,7 @@ class Renderer:
     def __init__(self, campaign: Campaign, sources: dict[str, str], sender: str) -> None:
         self.campaign = campaign
         self.sender = sender
-        self.env = jinja2.Environment(
+        self.env = _Sandbox(
             loader=jinja2.DictLoader(sources),
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(["html"], default_for_string=False),
@@ -104,6 +196,13 @@ class Renderer:
             self._sms = self.env.get_template(SMS_TEXT)
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(f"template {exc.name}, line {exc.lineno}: {exc.message}") from None
+        for name, source in sources.items():
+            escape = _escape_attempt(self.env.parse(source, name))
+            if escape is not None:
+                raise ConfigError(
+                    f"template {name}, line {escape}: refused by the sandbox: a private or internal "
+                    "attribute (a name starting with '_') is not available to templates"
+                )
         self._sms_frame = self._frame(sources[SMS_TEXT])
 
     def _frame(self, source: str) -> tuple[str, ...] | None:
@@ -125,8 +224,12 @@ class Renderer:
             return None
         if any(f.name == "random" for f in tree.find_all(nodes.Filter)):
             return None
-        printed = {id(n) for out in tree.find_all(nodes.Output) for n in out.nodes
-                   if isinstance(n, nodes.Name) and n.name == "receipt_url"}
+        printed = {
+            id(n)
+            for out in tree.find_all(nodes.Output)
+            for n in out.nodes
+            if isinstance(n, nodes.Name) and n.name == "receipt_url"
+        }
         if any(id(n) not in printed or n.ctx != "load" for n in tree.find_all(nodes.Name) if n.name == "receipt_url"):
             return None
         frames = []
@@ -154,9 +257,14 @@ class Renderer:
     def _render(self, template: jinja2.Template, ctx: dict[str, Any]) -> str:
         try:
             return template.render(ctx)
-        except jinja2.UndefinedError as exc:
-            # The message names the variable, never its value.
-            raise ConfigError(f"template {template.name}: {exc.message}") from None
+        except SecurityError as exc:
+            # Names an attribute or operation and a type, never a value.
+            raise ConfigError(f"template {template.name}: refused by the sandbox: {exc}") from None
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"template {template.name}: {_unquoted(exc.message or '', ctx)}") from None
+        except Exception as exc:
+            # A filter or operator failed on a value (e.g. int() of a name): its text may quote that value.
+            raise ConfigError(f"template {template.name}: {type(exc).__name__} while rendering") from None
 
     def email(self, fields: dict[str, Any], receipt_url: str) -> Email:
         ctx = self.context(fields, receipt_url)

@@ -44,13 +44,27 @@ def weak_secret(value: str) -> str | None:
 
 
 def config_file() -> Path | None:
+    """``DISPATCHER_CONFIG``, else ``config/dispatcher.toml`` in the working directory (a convenience for a
+    deployment's own tree). Either is refused unless only its owner (us, or root) can write it: the file
+    chooses providers, endpoints and the ledger, so whoever can write it can redirect every message."""
     explicit = os.environ.get(ENV_PREFIX + "CONFIG")
     if explicit:
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(f"DISPATCHER_CONFIG: no such file: {path}")
-        return path
-    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+        return _trusted(path, "DISPATCHER_CONFIG")
+    return _trusted(DEFAULT_CONFIG_FILE, "settings file") if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _trusted(path: Path, what: str) -> Path:
+    """``path``, if neither it nor a symlink in its place can have been written by another local user."""
+    me = os.geteuid() if hasattr(os, "geteuid") else None
+    for info in (path.lstat(), path.stat()):
+        if me is not None and info.st_uid not in (me, 0):
+            raise ConfigError(f"{what} {path.absolute()}: owned by another user (uid {info.st_uid}); refusing it")
+    if path.stat().st_mode & 0o022:
+        raise ConfigError(f"{what} {path.absolute()}: writable by group or others; refusing it (chmod go-w)")
+    return path
 
 
 class Settings(BaseSettings):

@@ -308,3 +308,18 @@ def test_campaign_is_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         campaign.prefer = "sms"  # type: ignore[misc]
     assert isinstance(campaign, Campaign)
+
+
+@pytest.mark.parametrize(
+    "template", ["../../etc", "/etc", "a/b", "..", ".hidden", "", "x" * 65, 7, "a\\b", "comp ensation"]
+)
+def test_template_must_be_a_folder_name_not_a_path(template: object) -> None:
+    # Given a campaign whose template names a path (it would take templates from outside templates/)
+    # When it is parsed, then it is refused with the key named
+    with pytest.raises(ConfigError, match="'template' must be a folder name"):
+        parse_campaign(definition(template=template))
+
+
+@pytest.mark.parametrize("template", ["compensation", "reminder-2023.05", "web_v2"])
+def test_usual_template_folder_names_are_accepted(template: str) -> None:
+    assert parse_campaign(definition(template=template)).template == template

@@ -348,3 +348,67 @@ def test_amount_with_a_space_before_yen() -> None:
     from dispatcher.contacts import check_amount
 
     assert check_amount("1,000 円") == 1000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "=?utf-8?b?dmljdGltQGV2aWwuZXhhbXBsZSw=?=@example.jp",  # decodes to "victim@evil.example,"
+        "=?iso-2022-jp?q?x?=@example.jp",
+        "taro=?x@example.jp",
+        "ｔａｒｏ＝？ｘ＠example.jp",  # full width: NFKC makes it "=?" too
+    ],
+)
+def test_email_with_an_encoded_word_in_the_local_part_is_rejected_without_echoing_it(raw: str) -> None:
+    # Given an address whose local part holds an RFC 2047 encoded word (mail software decodes it, even there)
+    # When it is checked
+    with pytest.raises(FieldError) as caught:
+        check_email(raw)
+
+    # Then it is refused with a reason that names the trick, not the address
+    assert caught.value.field == "email"
+    assert "=?" in str(caught.value) and "RFC 2047" in str(caught.value)
+    assert "dmljdGlt" not in str(caught.value) and "taro" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "taro@example.jp\r\nBcc: x@example.jp",
+        "taro@example.jp\n",
+        "\rtaro@example.jp",
+        "ta\tro@example.jp",
+        "taro\x00@example.jp",
+        "taro@example.jp\x85",
+        "taro@example.jp\u2028x@example.jp",
+    ],
+)
+def test_email_with_a_line_break_or_control_character_anywhere_is_rejected(raw: str) -> None:
+    # Given an address with a CR/LF, tab, NUL, NEL or line separator, even at either end (no silent strip)
+    # When it is checked
+    with pytest.raises(FieldError) as caught:
+        check_email(raw)
+
+    # Then it is refused as such, and the reason carries no part of the address
+    assert "line break or control character" in str(caught.value)
+    assert "taro" not in str(caught.value) and "example" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "Taro <taro@example.jp>",
+        "taro@example.jp, b@example.jp",
+        '"a b"@example.jp',
+        "a;b@example.jp",
+        "a:b@example.jp",
+        "a,b@example.jp",
+        "a<b@example.jp",
+    ],
+)
+def test_email_display_names_lists_and_quotes_are_rejected(raw: str) -> None:
+    with pytest.raises(FieldError) as caught:
+        check_email(raw)
+
+    assert caught.value.field == "email"
+    assert "taro" not in str(caught.value)

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatcher.mime import DELIVERY_HEADER, build_message, build_raw
+from dispatcher.errors import PermanentError
+from dispatcher.mime import DELIVERY_HEADER, MessageError, build_message, build_raw
 from dispatcher.providers import build
 from dispatcher.providers.base import OutgoingEmail
 from dispatcher.render import Email
@@ -27,14 +28,22 @@ from dispatcher.states import Channel
 SENDER = "regionpay_compensation_ml@giftpad.jp"
 SENDER_NAME = "地域クーポン regionPAY 補償事務局"
 SUBJECT = "【regionPAY補償】キャッシュレスポイント受取サイトのご案内（受取期限 2023年5月31日(水)）"
-TEXT = ("山田 太郎 様\n\nポイント受取サイトのご案内です。\r\n受取URL: https://receive.example.jp/r/Zq7sECRETtok3n?k=a1\n"
-        "受取期限: 2023年5月31日(水)\r\rお問い合わせ 0120-479-249\n")
-HTML = "<html><body><p>山田 太郎 様</p>\n<p><a href=\"https://receive.example.jp/r/x\">受取</a></p></body></html>\n"
+TEXT = (
+    "山田 太郎 様\n\nポイント受取サイトのご案内です。\r\n受取URL: https://receive.example.jp/r/Zq7sECRETtok3n?k=a1\n"
+    "受取期限: 2023年5月31日(水)\r\rお問い合わせ 0120-479-249\n"
+)
+HTML = '<html><body><p>山田 太郎 様</p>\n<p><a href="https://receive.example.jp/r/x">受取</a></p></body></html>\n'
 JST = timezone(timedelta(hours=9))
 
 BASE: dict[str, Any] = {
-    "subject": SUBJECT, "text": TEXT, "html": HTML, "to": "taro..yamada.@docomo.ne.jp", "sender": SENDER,
-    "sender_name": SENDER_NAME, "delivery_ref": "123456789.12", "sent_at": datetime(2023, 4, 5, 10, 0, tzinfo=JST),
+    "subject": SUBJECT,
+    "text": TEXT,
+    "html": HTML,
+    "to": "taro..yamada.@docomo.ne.jp",
+    "sender": SENDER,
+    "sender_name": SENDER_NAME,
+    "delivery_ref": "123456789.12",
+    "sent_at": datetime(2023, 4, 5, 10, 0, tzinfo=JST),
 }
 
 _BOUNDARY = re.compile(rb"={15}\d{19}==")
@@ -83,6 +92,9 @@ def outcome(build_fn: Callable[..., Any], **fields: Any) -> tuple[str, Any]:
     try:
         result = build_fn(mail, **args)
         raw = result if isinstance(result, bytes) else result.as_bytes()
+    except MessageError as exc:  # build_raw's own error: the email package's, when it has one, is its cause
+        cause = exc.__cause__ or exc
+        return "raises", (type(cause), str(cause))
     except Exception as exc:  # the same exception, with the same message, is part of "the same"
         return "raises", (type(exc), str(exc))
     return "bytes", raw
@@ -142,31 +154,37 @@ def test_html_or_text_only(html: str | None) -> None:
     assert (b"multipart/alternative" in raw) == (html is not None)
 
 
-@pytest.mark.parametrize("subject", [
-    SUBJECT,
-    "Your compensation points are ready",
-    "",
-    " leading and trailing spaces ",
-    "A long ASCII subject line that will certainly need folding because it goes on and on and on past 78",
-    "=?utf-8?q?looks_encoded?= but is not",
-    "Specials: <a@b.jp>, \"quoted\" (comment); [x]",
-    "混在 mixed 日本語 and English 件名 " * 4,
-    "ｶﾀｶﾅ 半角 ①②③ 〜～ 𠮷野家",
-    "trailing line break\n",
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        SUBJECT,
+        "Your compensation points are ready",
+        "",
+        " leading and trailing spaces ",
+        "A long ASCII subject line that will certainly need folding because it goes on and on and on past 78",
+        "=?utf-8?q?looks_encoded?= but is not",
+        'Specials: <a@b.jp>, "quoted" (comment); [x]',
+        "混在 mixed 日本語 and English 件名 " * 4,
+        "ｶﾀｶﾅ 半角 ①②③ 〜～ 𠮷野家",
+        "trailing line break\n",
+    ],
+)
 def test_subjects(subject: str) -> None:
     assert assert_same(subject=subject) is not None
 
 
 @pytest.mark.parametrize("subject", ["line\nbreak", "line\r\nbreak", "cr\ronly", "sep\u2028arator", "a\x0bb"])
 def test_subject_with_a_line_break_raises_like_build_message(subject: str) -> None:
-    with pytest.raises(ValueError, match="linefeed"):
+    with pytest.raises(MessageError, match="cannot be built") as caught:
         build_raw(Email(subject, TEXT, None), **_args(BASE))
+    assert isinstance(caught.value, PermanentError)
+    assert isinstance(caught.value.__cause__, ValueError) and "linefeed" in str(caught.value.__cause__)
     assert assert_same(subject=subject) is None  # both raise, the same exception and message
 
 
-@pytest.mark.parametrize("sender_name", [SENDER_NAME, "Example Support", "", "Support, \"Team\" (JP)",
-                                         "補償事務局" * 12, "name\nwith break"])
+@pytest.mark.parametrize(
+    "sender_name", [SENDER_NAME, "Example Support", "", 'Support, "Team" (JP)', "補償事務局" * 12, "name\nwith break"]
+)
 def test_sender_names(sender_name: str) -> None:
     assert_same(sender_name=sender_name)
 
@@ -176,31 +194,34 @@ def test_senders(sender: str) -> None:
     assert_same(sender=sender)
 
 
-@pytest.mark.parametrize("to", [
-    "taro..yamada.@docomo.ne.jp",  # legacy docomo: consecutive dots, dot before @
-    ".taro@docomo.ne.jp",
-    "taro.@ezweb.ne.jp",  # legacy au
-    "hanako-_.-@au.com",
-    "user+campaign2023@example.jp",
-    "a+b+c@softbank.ne.jp",
-    "UPPER.Case@Example.JP",
-    "odd!#$%&'*/=^_`{|}~@example.jp",
-    "x" * 64 + "@" + "sub." * 10 + "example.jp",  # very long: folded by the policy
-    "y" * 60 + "@docomo.ne.jp",  # around the 78-character line
-    "y" * 61 + "@docomo.ne.jp",
-    "y" * 62 + "@docomo.ne.jp",
-    "=?utf-8?q?x?=@example.jp",
-    "\"quoted local\"@example.jp",
-    "山田 <taro@example.jp>",
-    "Taro Yamada <taro@example.jp>",
-    " taro@example.jp",
-    "taro@[192.0.2.1]",
-    "taro@例え.jp",
-    "a@b@c",
-    "a@",
-    "",
-    "taro@example.jp\r\nBcc: x@example.jp",
-])
+@pytest.mark.parametrize(
+    "to",
+    [
+        "taro..yamada.@docomo.ne.jp",  # legacy docomo: consecutive dots, dot before @
+        ".taro@docomo.ne.jp",
+        "taro.@ezweb.ne.jp",  # legacy au
+        "hanako-_.-@au.com",
+        "user+campaign2023@example.jp",
+        "a+b+c@softbank.ne.jp",
+        "UPPER.Case@Example.JP",
+        "odd!#$%&'*/=^_`{|}~@example.jp",
+        "x" * 64 + "@" + "sub." * 10 + "example.jp",  # very long: folded by the policy
+        "y" * 60 + "@docomo.ne.jp",  # around the 78-character line
+        "y" * 61 + "@docomo.ne.jp",
+        "y" * 62 + "@docomo.ne.jp",
+        "=?utf-8?q?x?=@example.jp",
+        '"quoted local"@example.jp',
+        "山田 <taro@example.jp>",
+        "Taro Yamada <taro@example.jp>",
+        " taro@example.jp",
+        "taro@[192.0.2.1]",
+        "taro@例え.jp",
+        "a@b@c",
+        "a@",
+        "",
+        "taro@example.jp\r\nBcc: x@example.jp",
+    ],
+)
 def test_recipient_addresses(to: str) -> None:
     assert_same(to=to)
 
@@ -210,24 +231,41 @@ def test_legacy_carrier_address_is_written_verbatim() -> None:
     assert raw is not None and b"\r\nTo: taro..yamada.@docomo.ne.jp\r\n" in raw
 
 
-@pytest.mark.parametrize("sent_at", [
-    datetime(2023, 4, 5, 1, 0, tzinfo=UTC),
-    datetime(2023, 4, 5, 10, 0, tzinfo=JST),
-    datetime(2023, 4, 5, 10, 0, 59, 999999, tzinfo=JST),
-    datetime(2023, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
-    datetime(2023, 4, 5, 1, 0),  # naive: -0000
-    datetime(1999, 1, 1, tzinfo=timezone(timedelta(hours=14))),
-    datetime(50, 1, 1, tzinfo=UTC),  # a two-digit year reads back as 2050
-    datetime(2023, 4, 5, tzinfo=timezone(timedelta(hours=5, minutes=30, seconds=15))),
-])
+@pytest.mark.parametrize(
+    "sent_at",
+    [
+        datetime(2023, 4, 5, 1, 0, tzinfo=UTC),
+        datetime(2023, 4, 5, 10, 0, tzinfo=JST),
+        datetime(2023, 4, 5, 10, 0, 59, 999999, tzinfo=JST),
+        datetime(2023, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        datetime(2023, 4, 5, 1, 0),  # naive: -0000
+        datetime(1999, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+        datetime(50, 1, 1, tzinfo=UTC),  # a two-digit year reads back as 2050
+        datetime(2023, 4, 5, tzinfo=timezone(timedelta(hours=5, minutes=30, seconds=15))),
+    ],
+)
 def test_dates(sent_at: datetime) -> None:
     assert_same(sent_at=sent_at)
 
 
-@pytest.mark.parametrize("delivery_ref", [
-    "123456789.12", "7.1", "regionpay-2023-app:42", "c:1", "9" * 30 + "." + "9" * 10, "x" * 70, "x" * 200,
-    "with space.1", "question?.1", "=?utf-8?q?a?=", "", "ref\n.1", "日本.1",
-])
+@pytest.mark.parametrize(
+    "delivery_ref",
+    [
+        "123456789.12",
+        "7.1",
+        "regionpay-2023-app:42",
+        "c:1",
+        "9" * 30 + "." + "9" * 10,
+        "x" * 70,
+        "x" * 200,
+        "with space.1",
+        "question?.1",
+        "=?utf-8?q?a?=",
+        "",
+        "ref\n.1",
+        "日本.1",
+    ],
+)
 def test_delivery_references(delivery_ref: str) -> None:
     assert_same(delivery_ref=delivery_ref)
 
@@ -239,11 +277,30 @@ def test_message_id_lines_of_every_length_around_the_fold(extra: int) -> None:
         assert_same(seed=seed, delivery_ref="1" * (1 + extra) + ".12")
 
 
-@pytest.mark.parametrize("text", [
-    "", "\n", "\r\n", "\r", "no final newline", "a\nb\rc\r\nd", "\n\n\n", "\r\r\n\n", "a\r\n\r\n",
-    "line\n" * 500, "あ" * 3000, "ab\x0bc\x0cd\x1ce\x85f\u2028g\u2029h\n", "tab\tand  spaces  \n",
-    "From here on\nFrom there\n.\n", "x" * 56, "x" * 57, "x" * 58, "x" * 114, "\r\n" * 1000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n",
+        "\r\n",
+        "\r",
+        "no final newline",
+        "a\nb\rc\r\nd",
+        "\n\n\n",
+        "\r\r\n\n",
+        "a\r\n\r\n",
+        "line\n" * 500,
+        "あ" * 3000,
+        "ab\x0bc\x0cd\x1ce\x85f\u2028g\u2029h\n",
+        "tab\tand  spaces  \n",
+        "From here on\nFrom there\n.\n",
+        "x" * 56,
+        "x" * 57,
+        "x" * 58,
+        "x" * 114,
+        "\r\n" * 1000,
+    ],
+)
 def test_bodies(text: str) -> None:
     raw = assert_same(text=text)
     assert raw is not None
@@ -295,13 +352,16 @@ def test_the_folded_header_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     assert_same(subject=f"{SUBJECT} 3", html=None)  # and what is kept is what the policy writes
 
 
-@pytest.mark.parametrize("changes", [
-    {"to": "taro@例え.jp", "subject": "line\nbreak"},  # To folds fine; the subject is refused at build time
-    {"delivery_ref": "日本.1", "subject": "line\nbreak"},  # the Message-ID cannot be written; the subject first
-    {"delivery_ref": "日本.1", "text": "\udc80"},  # body encoding (build time) before the Message-ID (writing)
-    {"delivery_ref": "日本.1", "to": "a@"},
-    {"text": "x\udc80", "html": "xyz \udc81"},  # the text part is encoded first
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"to": "taro@例え.jp", "subject": "line\nbreak"},  # To folds fine; the subject is refused at build time
+        {"delivery_ref": "日本.1", "subject": "line\nbreak"},  # the Message-ID cannot be written; the subject first
+        {"delivery_ref": "日本.1", "text": "\udc80"},  # body encoding (build time) before the Message-ID (writing)
+        {"delivery_ref": "日本.1", "to": "a@"},
+        {"text": "x\udc80", "html": "xyz \udc81"},  # the text part is encoded first
+    ],
+)
 def test_of_several_faults_the_one_build_message_meets_first_is_raised(changes: dict[str, Any]) -> None:
     assert assert_same(**changes) is None
 
@@ -312,21 +372,33 @@ locals_ = st.text(alphabet=ATEXT, min_size=1, max_size=70)
 domains = st.text(alphabet="abcz09.-", min_size=1, max_size=30)
 addresses = st.one_of(
     st.builds(lambda local, domain: f"{local}@{domain}", locals_, domains),
-    st.builds(lambda local, carrier: f"{local}@{carrier}", locals_,
-              st.sampled_from(["docomo.ne.jp", "ezweb.ne.jp", "au.com", "softbank.ne.jp", "i.softbank.jp"])),
+    st.builds(
+        lambda local, carrier: f"{local}@{carrier}",
+        locals_,
+        st.sampled_from(["docomo.ne.jp", "ezweb.ne.jp", "au.com", "softbank.ne.jp", "i.softbank.jp"]),
+    ),
     st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40),
 )
 pieces = st.sampled_from(["\r", "\n", "\r\n", "a", "あ", " ", "\t", "\u2028", "x" * 30, "𠮷" * 19])
-bodies = st.one_of(st.lists(pieces, max_size=200).map("".join),
-                   st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))))
-subjects = st.one_of(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))),
-                     st.text(alphabet=" abcXYZ=?<>@()\",;:日本語件名"), st.just(SUBJECT))
+bodies = st.one_of(
+    st.lists(pieces, max_size=200).map("".join),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))),
+)
+subjects = st.one_of(
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))),
+    st.text(alphabet=' abcXYZ=?<>@()",;:日本語件名'),
+    st.just(SUBJECT),
+)
 offsets = st.builds(lambda m: timezone(timedelta(minutes=m)), st.integers(-23 * 60 - 59, 23 * 60 + 59))
-instants = st.builds(lambda dt, tz: dt.replace(tzinfo=tz),
-                     st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
-                     st.one_of(offsets, st.just(UTC), st.none()))
-refs = st.one_of(st.builds(lambda d, a: f"{d}.{a}", st.integers(0, 10**12), st.integers(0, 99)),
-                 st.text(alphabet="abc019:.-_?= ", max_size=60))
+instants = st.builds(
+    lambda dt, tz: dt.replace(tzinfo=tz),
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
+    st.one_of(offsets, st.just(UTC), st.none()),
+)
+refs = st.one_of(
+    st.builds(lambda d, a: f"{d}.{a}", st.integers(0, 10**12), st.integers(0, 99)),
+    st.text(alphabet="abc019:.-_?= ", max_size=60),
+)
 GENERATED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -380,3 +452,71 @@ def test_outbox_writes_the_raw_bytes_as_given() -> None:
     message = build_message(Email(SUBJECT, TEXT, None), **{**_args(BASE), "delivery_ref": "8.1"})
     provider.send(OutgoingEmail("8.1", "camp", "a@example.jp", message))
     assert (settings_.outbox_path / "email" / "camp" / "8.1.eml").read_bytes() == message.as_bytes()
+
+
+# Recipients: one plain address, nothing else (issue 11, finding 6) ------------------------------
+HOSTILE_RECIPIENTS = [
+    "=?utf-8?b?dmljdGltQGV2aWwuZXhhbXBsZSw=?=@example.jp",  # decodes to "victim@evil.example,"
+    "=?utf-8?q?x?=@example.jp",
+    "a=?@example.jp",
+    "taro@example.jp\r\nBcc: x@example.jp",
+    "taro@example.jp\nBcc: x@example.jp",
+    "taro@example.jp, other@example.jp",
+    "Taro <taro@example.jp>",
+    '"quoted"@example.jp',
+    "taro(comment)@example.jp",
+    "taro;x@example.jp",
+    "ta ro@example.jp",
+    "taro\x00@example.jp",
+    "taro@[192.0.2.1]",
+    "taro@example.jp:25",
+    "",
+]
+
+
+@pytest.mark.parametrize("to", HOSTILE_RECIPIENTS)
+def test_a_recipient_that_is_not_one_plain_address_is_a_permanent_error_naming_no_value(to: str) -> None:
+    # Given a delivery whose contact is not one plain address (e.g. RFC 2047 encoded words in the local part)
+    # When its e-mail is built, by the fast builder and by the reference one
+    with pytest.raises(MessageError) as raw_error:
+        build_raw(Email(SUBJECT, TEXT, None), **{**_args(BASE), "to": to})
+    with pytest.raises(MessageError):
+        build_message(Email(SUBJECT, TEXT, None), **{**_args(BASE), "to": to})
+
+    # Then it is our own permanent error (never retried), and the message does not quote the address
+    assert isinstance(raw_error.value, PermanentError) and raw_error.value.code == "message"
+    assert "example.jp" not in str(raw_error.value) and "taro" not in str(raw_error.value)
+
+
+def test_the_written_to_header_must_read_back_as_the_contact_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the address rules loosened (as a future edit or another Python's parser might): a list passes them
+    from dispatcher import mime
+
+    monkeypatch.setattr(mime, "_PLAIN_RECIPIENT", re.compile(r".+@.+"))
+    two = "taro@example.jp,victim@evil.example"
+
+    # When the e-mail is built
+    with pytest.raises(MessageError, match="read back"):
+        build_raw(Email(SUBJECT, TEXT, None), **{**_args(BASE), "to": two})
+
+    # Then the read-back of the To: line still refuses it; a single address still passes the same path
+    assert build_raw(Email(SUBJECT, TEXT, None), **{**_args(BASE), "to": "taro@example.jp"})
+
+
+@GENERATED
+@given(
+    local=locals_.filter(lambda s: "=?" not in s),
+    domain=st.sampled_from(["docomo.ne.jp", "ezweb.ne.jp", "au.com", "example.jp", "i.softbank.jp"]),
+)
+def test_every_accepted_recipient_reads_back_alone_with_both_parsers(local: str, domain: str) -> None:
+    # Given any address of atext and dots the builders accept (legacy docomo forms included)
+    to = f"{local}@{domain}"
+    raw = build_raw(Email(SUBJECT, TEXT, None), **{**_args(BASE), "to": to})
+
+    # When the To: line is read back by getaddresses and by the header registry
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    value = parsed["To"]
+
+    # Then both see exactly that one address
+    assert email.utils.getaddresses([str(value)]) == [("", to)]
+    assert [f"{a.username}@{a.domain}" for a in value.addresses] == [to]
