@@ -62,9 +62,22 @@ def _trusted(path: Path, what: str) -> Path:
     for info in (path.lstat(), path.stat()):
         if me is not None and info.st_uid not in (me, 0):
             raise ConfigError(f"{what} {path.absolute()}: owned by another user (uid {info.st_uid}); refusing it")
-    if path.stat().st_mode & 0o022:
+    info = path.stat()
+    if info.st_mode & 0o002 or (info.st_mode & 0o020 and not _private_group(info.st_gid, info.st_uid)):
         raise ConfigError(f"{what} {path.absolute()}: writable by group or others; refusing it (chmod go-w)")
     return path
+
+
+def _private_group(gid: int, uid: int) -> bool:
+    """A user's own group (umask 002 systems): named as the user, no other members."""
+    import grp
+    import pwd
+
+    try:
+        group, user = grp.getgrgid(gid), pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return group.gr_name == user.pw_name and not [m for m in group.gr_mem if m != user.pw_name]
 
 
 class Settings(BaseSettings):

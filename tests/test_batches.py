@@ -52,14 +52,15 @@ def test_a_batch_sends_each_once_and_settles_the_odd_ones(rt, tmp_path, moto) ->
 
 def test_an_error_on_one_delivery_does_not_stop_the_others(rt, tmp_path, moto, monkeypatch) -> None:
     ids = _enqueue(rt, tmp_path, 5)
-    real = delivery.build_outgoing
+    real = delivery.send_claimed
 
-    def failing(rt_, claimed, record):
+    # An error of ours after the claim (a message that cannot be built is a `failed` delivery instead).
+    def failing(rt_, claimed, *args, **kwargs):
         if claimed.id in (ids[1], ids[4]):
             raise RuntimeError("render crashed")
-        return real(rt_, claimed, record)
+        return real(rt_, claimed, *args, **kwargs)
 
-    monkeypatch.setattr(delivery, "build_outgoing", failing)
+    monkeypatch.setattr(delivery, "send_claimed", failing)
     result = deliver_many(rt, ids[:4])
 
     assert isinstance(result.error, RuntimeError)

@@ -303,6 +303,11 @@ def test_a_settings_file_another_user_could_write_is_refused(
         if os.geteuid() != 0:
             pytest.skip("only root can give a file to another user")
         os.chown(path, 65534, os.getgid())
+    if how == "writable by group":
+        shared = _shared_group()
+        if shared is None:
+            pytest.skip("no group on this machine other than our own private one")
+        os.chown(path, -1, shared)
     path.chmod(0o646 if how == "writable by others" else 0o664 if how == "writable by group" else 0o644)
     monkeypatch.chdir(tmp_path)
     if explicit:
@@ -316,6 +321,43 @@ def test_a_settings_file_another_user_could_write_is_refused(
 
     # Then they are refused with an error naming the file and why
     assert str(path) in str(caught.value) and how.split()[0] in str(caught.value)
+
+
+def _shared_group() -> int | None:
+    """A group we may give a file to that is not the user's own private group."""
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    for group in grp.getgrall():
+        if group.gr_name != me and (os.getuid() == 0 or group.gr_gid in os.getgroups()):
+            return group.gr_gid
+    return None
+
+
+def test_a_group_writable_settings_file_of_the_owners_private_group_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a checkout made under umask 002 (usual with a private group per user): 0664, our own group
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.getuid())
+    try:
+        own = grp.getgrnam(me.pw_name)
+    except KeyError:
+        pytest.skip("no private group named as the user")
+    if [m for m in own.gr_mem if m != me.pw_name]:
+        pytest.skip("the user's group has other members")
+    path = tmp_path / "config" / "dispatcher.toml"
+    path.parent.mkdir()
+    path.write_text('email_provider = "smtp"\n', "utf-8")
+    os.chown(path, -1, own.gr_gid)
+    path.chmod(0o664)
+    monkeypatch.setenv("DISPATCHER_CONFIG", str(path))
+
+    # When the settings are loaded, then it applies (only the user could have written it)
+    assert load_settings().email_provider == "smtp"
 
 
 def test_a_settings_file_only_its_owner_can_write_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

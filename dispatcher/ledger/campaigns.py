@@ -1,0 +1,81 @@
+"""Campaigns: the definition as loaded, the templates snapshotted at enqueue time, and the campaign's state."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from .. import clock
+from ..campaign import Campaign, campaign_to_dict, parse_campaign
+from .connection import LedgerBase
+from .records import CampaignRecord
+from .schema import (
+    campaigns,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Campaigns(LedgerBase):
+    def save_campaign(self, campaign: Campaign, templates: dict[str, str]) -> None:
+        now = clock.now()
+        definition = campaign_to_dict(campaign)
+        definition["deadline"] = campaign.deadline.isoformat()
+        definition["send_by"] = campaign.send_by.isoformat()
+        stmt = self._insert(campaigns).values(
+            id=campaign.id,
+            name=campaign.name,
+            definition=definition,
+            templates=templates,
+            state="active",
+            created_at=now,
+            updated_at=now,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[campaigns.c.id],
+            set_={"name": campaign.name, "definition": definition, "templates": templates, "updated_at": now},
+        )
+        with self.write() as conn:
+            conn.execute(stmt)
+        with self._cache_lock:
+            self._campaign_cache.pop(campaign.id, None)
+
+    def campaign(self, campaign_id: str, *, fresh: bool = False) -> CampaignRecord | None:
+        if not fresh:
+            with self._cache_lock:
+                cached = self._campaign_cache.get(campaign_id)
+            if cached is not None:
+                return cached
+        with self.read() as conn:
+            row = conn.execute(select(campaigns).where(campaigns.c.id == campaign_id)).first()
+        if row is None:
+            return None
+        definition = dict(row.definition)
+        definition["deadline"] = datetime.fromisoformat(definition["deadline"])
+        definition["send_by"] = datetime.fromisoformat(definition["send_by"])
+        record = CampaignRecord(
+            parse_campaign(definition, where=f"ledger campaign {campaign_id}"),
+            dict(row.templates),
+            row.state,
+            row.state_reason,
+        )
+        with self._cache_lock:
+            self._campaign_cache[campaign_id] = record
+        return record
+
+    def campaign_ids(self) -> list[str]:
+        with self.read() as conn:
+            return list(conn.execute(select(campaigns.c.id).order_by(campaigns.c.created_at)).scalars())
+
+    def set_campaign_state(self, campaign_id: str, state: str, reason: str | None) -> bool:
+        with self.write() as conn:
+            result = conn.execute(
+                update(campaigns)
+                .where(campaigns.c.id == campaign_id)
+                .values(state=state, state_reason=reason, updated_at=clock.now())
+            )
+        with self._cache_lock:
+            self._campaign_cache.pop(campaign_id, None)
+        return result.rowcount == 1

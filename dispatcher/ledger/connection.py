@@ -1,0 +1,142 @@
+"""Engines and connections: SQLite (WAL, writers that take the lock first, a private file) or PostgreSQL.
+
+The base every part of the ledger stands on; it creates the schema it owns."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+
+from .. import clock
+from ..errors import ConfigError
+from .records import CampaignRecord
+from .schema import (
+    SCHEMA_VERSION,
+    metadata,
+    provider_messages,
+    schema_version,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _private_sqlite_file(database: str) -> None:
+    """Create the ledger 0600 in a 0700 folder before SQLite opens it: SQLite gives its ``-wal``, ``-shm``
+    and ``-journal`` files the database file's mode, and the Python API may run under umask 022."""
+    import os
+
+    from ..private import FILE_MODE, create_private_file, private_dir, tighten
+
+    private_dir(os.path.dirname(os.path.abspath(database)))
+    create_private_file(database)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(database + suffix, FILE_MODE)  # left by an earlier version with the umask's mode
+
+
+def _engine(url: str, *, immediate: bool) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            _private_sqlite_file(parsed.database)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # A write transaction takes the write lock first, so it never fails half-way on a lock upgrade.
+        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    raise ConfigError(f"DISPATCHER_DATABASE_URL: unsupported database '{parsed.get_backend_name()}'")
+
+
+class LedgerBase:
+    """The engines, the connections, and what the parts share (caches, prepared statements)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.dialect = make_url(url).get_backend_name()
+        except Exception:
+            raise ConfigError("DISPATCHER_DATABASE_URL: not a valid SQLAlchemy URL") from None
+        self._reader = _engine(url, immediate=False)
+        self._writer = _engine(url, immediate=True) if self.dialect == "sqlite" else self._reader
+        self._campaign_cache: dict[str, CampaignRecord] = {}
+        self._cache_lock = threading.Lock()
+        self._move_statements: dict[tuple[Any, ...], Any] = {}
+        self._pinned = threading.local()
+        self._provider_message_insert = self._insert(provider_messages).on_conflict_do_nothing(
+            index_elements=[provider_messages.c.message_id]
+        )
+        self.migrate()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._reader.connect() as conn:
+            yield conn
+
+    def migrate(self) -> None:
+        """Create missing tables and record the schema version (the program owns its schema)."""
+        metadata.create_all(self._writer)
+        with self.write() as conn:
+            current = conn.execute(select(func.max(schema_version.c.version))).scalar()
+            if current is None:
+                conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=clock.now()))
+            elif current > SCHEMA_VERSION:
+                raise ConfigError(f"ledger schema version {current} is newer than this program ({SCHEMA_VERSION})")
+
+    def dispose(self) -> None:
+        self._reader.dispose()
+        if self._writer is not self._reader:
+            self._writer.dispose()
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    @contextmanager
+    def _one_statement(self) -> Iterator[Connection]:
+        """A connection for one statement. On PostgreSQL it runs outside an explicit transaction (a statement
+        is atomic and sees one snapshot by itself), which spares the BEGIN and COMMIT/ROLLBACK round trips."""
+        pinned = getattr(self._pinned, "conn", None)
+        if pinned is not None:
+            yield pinned
+            return
+        with self._reader.connect() as conn:
+            if self.dialect == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """On PostgreSQL, this thread's single-statement work (reads, moves) shares one connection until the
+        block ends: one checkout and liveness ping instead of one per statement. Elsewhere: nothing."""
+        if self.dialect != "postgresql" or getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self._writer.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._pinned.conn = conn
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
