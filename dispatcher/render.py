@@ -139,6 +139,50 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 raise SecurityError(f"repetition longer than {MAX_REPEAT} is not allowed")
         return super().call_binop(context, operator, left, right)
 
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _bounded_sizes(args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+#: Globals a notice has no use for and that cost work at will (``lipsum(n=200000)``, ``range`` in loops).
+_DROPPED_GLOBALS = ("range", "lipsum", "cycler", "joiner")
+#: Loops inside loops multiply: a notice never needs them, and over a long field they are quadratic.
+MAX_LOOP_DEPTH = 1
+
+
+def _bounded_sizes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Widths and counts given to a method or filter (``center(300000000)``, ``"%*s"|format(10**8, "")``)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_REPEAT:
+            raise SecurityError(f"a size above {MAX_REPEAT} is not allowed")
+
+
+def _bounded_filter(function: Any) -> Any:
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _bounded_sizes(args[1:], kwargs)  # the first is the value being filtered (an amount may be large)
+        return function(*args, **kwargs)
+
+    for marker in ("jinja_pass_arg",):  # keep Jinja's pass_context/pass_environment marks
+        if hasattr(function, marker):
+            setattr(bounded, marker, getattr(function, marker))
+    return bounded
+
+
+def _loop_too_deep(tree: nodes.Template) -> int | None:
+    """The line of a loop nested deeper than :data:`MAX_LOOP_DEPTH`, if any."""
+
+    def walk(node: nodes.Node, depth: int) -> int | None:
+        for child in node.iter_child_nodes():
+            inner = depth + isinstance(child, nodes.For)
+            if inner > MAX_LOOP_DEPTH:
+                return child.lineno
+            found = walk(child, inner)
+            if found is not None:
+                return found
+        return None
+
+    return walk(tree, 0)
+
 
 def _escape_attempt(tree: nodes.Template) -> int | None:
     """The line of a private or dunder name reached through ``.x``, ``["x"]`` or ``|attr("x")``: only an
@@ -188,6 +232,9 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        for name in _DROPPED_GLOBALS:
+            self.env.globals.pop(name, None)
+        self.env.filters = {name: _bounded_filter(f) for name, f in self.env.filters.items()}
         self.env.filters.update(jp_date=jp_date, jp_short_date=jp_short_date, jp_time=jp_time, yen=yen)
         try:
             self._subject = self.env.get_template(EMAIL_SUBJECT)
@@ -197,7 +244,11 @@ class Renderer:
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(f"template {exc.name}, line {exc.lineno}: {exc.message}") from None
         for name, source in sources.items():
-            escape = _escape_attempt(self.env.parse(source, name))
+            tree = self.env.parse(source, name)
+            deep = _loop_too_deep(tree)
+            if deep is not None:
+                raise ConfigError(f"template {name}, line {deep}: a loop inside a loop is not allowed in a notice")
+            escape = _escape_attempt(tree)
             if escape is not None:
                 raise ConfigError(
                     f"template {name}, line {escape}: refused by the sandbox: a private or internal "

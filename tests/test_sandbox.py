@@ -121,6 +121,45 @@ def test_huge_repetitions_and_powers_are_refused(campaign: Campaign, source: str
         renderer.email({}, RECEIPT_URL)
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'x'|center(300000000) }}",
+        "{{ '%*s'|format(100000000, '') }}",
+        "{{ campaign.name.ljust(1000000000) }}",
+        "{{ 'x'|indent(100000000, true) }}",
+    ],
+)
+def test_huge_widths_given_to_filters_and_methods_are_refused(campaign: Campaign, source: str) -> None:
+    # Given a template that pads a string to hundreds of megabytes (4 s of CPU, 300 MB, per render)
+    renderer = Renderer(campaign, shipped_sources(**{"email_subject.txt": source}), SENDER)
+
+    # When it is rendered, then it is refused before the string is built
+    with pytest.raises(ConfigError, match=r"template email_subject\.txt: refused by the sandbox"):
+        renderer.email({}, RECEIPT_URL)
+
+
+@pytest.mark.parametrize("source", ["{{ lipsum(n=200000) }}", "{% for i in range(99999) %}.{% endfor %}"])
+def test_globals_that_make_work_at_will_are_not_available(campaign: Campaign, source: str) -> None:
+    # Given a template calling lipsum or range (12.8 s for lipsum(n=200000))
+    renderer = Renderer(campaign, shipped_sources(**{"email_subject.txt": source}), SENDER)
+
+    # When it is rendered, then the name is simply not there
+    with pytest.raises(ConfigError, match=r"email_subject\.txt"):
+        renderer.email({}, RECEIPT_URL)
+
+
+def test_a_loop_inside_a_loop_is_refused_when_compiled(campaign: Campaign) -> None:
+    # Given a template looping over a field inside a loop over it (quadratic in a hostile row's field)
+    source = "{% for a in campaign.name %}{% if a %}{% for b in campaign.name %}.{% endfor %}{% endif %}{% endfor %}"
+
+    # When it is compiled, then it is refused naming the file and the line
+    with pytest.raises(ConfigError, match=r"template email_body\.txt, line 1: a loop inside a loop"):
+        Renderer(campaign, shipped_sources(**{"email_body.txt": source}), SENDER)
+    # and one loop is still fine
+    Renderer(campaign, shipped_sources(**{"email_body.txt": "{% for a in campaign.name %}{{ a }}{% endfor %}"}), SENDER)
+
+
 def test_the_usual_template_features_still_work_in_the_sandbox(campaign: Campaign) -> None:
     # Given templates using filters, loops, conditions, namespaces, macros and the custom filters
     sms = (
