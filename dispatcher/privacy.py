@@ -212,7 +212,13 @@ def safe_code(value: object, secrets: Iterable[str | None] = ()) -> str | None:
     if not _CODE.fullmatch(code) or sum(ch.isdigit() for ch in code) > MAX_CODE_DIGITS:
         return None
     lowered = code.lower()
-    if any(v.lower() in lowered or lowered in v.lower() for s in secrets if s for v in secret_variants(s)):
+    # A code that holds a secret, or a long code that is a piece of one (a short one, "550", may be by chance).
+    if any(
+        v.lower() in lowered or (len(code) >= 8 and lowered in v.lower())
+        for s in secrets
+        if s
+        for v in secret_variants(s)
+    ):
         return None
     return code
 

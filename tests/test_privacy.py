@@ -13,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.privacy import RedactingFilter, mask_contact, mask_email, mask_phone, mask_url, redact
+from dispatcher.privacy import (
+    RedactingFilter,
+    mask_contact,
+    mask_email,
+    mask_phone,
+    mask_url,
+    redact,
+    safe_code,
+    scrub,
+)
 
 SECRET = "Zq7sECRETtok3n"
 URL = f"https://receive.example.jp/r/{SECRET}?k=abc123"
@@ -385,3 +394,46 @@ def test_log_filter_cuts_the_exception_text_too(captured: tuple[logging.Logger, 
     # Then message and traceback together stay within the bound
     assert len(stream.getvalue()) < 8_500
     assert "characters cut]" in stream.getvalue()
+
+
+# what may be kept of a provider's error (issue 11, finding 4) ------------------------------------
+def test_scrub_removes_the_deliverys_own_url_and_contact_in_every_writing() -> None:
+    # Given an error text quoting this delivery's URL (full, without scheme, its path, percent-encoded in two
+    # ways) and its address and local part, in writings redact() alone would not all recognise
+    url, address = "https://receive.example.jp/r/Tok3nXYZ", "hanako.s@ezweb.ne.jp"
+    text = (
+        f"x {url} receive.example.jp/r/Tok3nXYZ /r/Tok3nXYZ https%3A%2F%2Freceive.example.jp%2Fr%2FTok3nXYZ "
+        "receive.example.jp%2fr%2ftok3nxyz HANAKO.S@EZWEB.NE.JP user hanako.s unknown"
+    )
+
+    # When scrubbed with the delivery's secrets
+    kept = scrub(text, [url, address])
+
+    # Then no writing of either is left, and the rest of the text is
+    assert "tok3nxyz" not in kept.lower() and "hanako" not in kept.lower()
+    assert kept.startswith("x ") and kept.endswith("unknown")
+
+
+def test_scrub_bounds_what_it_keeps() -> None:
+    kept = scrub("あ" * 100_000, [], limit=300)
+
+    assert len(kept) == 300 and kept.endswith("…")
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("InvalidParameterValue", "InvalidParameterValue"),
+        ("550", "550"),
+        (31, "31"),
+        (819012345678, None),  # a phone number posing as a numeric code
+        ("09012345678", None),
+        ("bad code with spaces", None),
+        ("x" * 40, None),
+        (True, None),
+        (None, None),
+        ("Tok3nXYZ", None),  # the delivery's own receipt token
+    ],
+)
+def test_safe_code_keeps_short_tokens_only(value: object, kept: str | None) -> None:
+    assert safe_code(value, ["https://receive.example.jp/r/Tok3nXYZ"]) == kept

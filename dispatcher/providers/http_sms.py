@@ -42,6 +42,7 @@ from ..errors import (
     TransientError,
 )
 from ..feedback.events import Kind, ProviderEvent
+from ..privacy import safe_code
 from ..settings import Settings
 from ..states import Channel, Status
 from .base import Outgoing, OutgoingSms, Provider, SendResult, register
@@ -161,16 +162,17 @@ def _accepted_id(response: httpx.Response) -> str:
 
 
 def _error_code(response: httpx.Response) -> str:
-    """The gateway's own error code when it gives a short token, else the HTTP status (never free text)."""
+    """The gateway's own error code when it gives a short token with few digits (a phone number posing as
+    a numeric code is refused), else the HTTP status (never free text)."""
     try:
         body = response.json()
     except ValueError:
         body = None
     if isinstance(body, dict):
         for key in ("code", "error"):
-            value = body.get(key)
-            if isinstance(value, str) and _TOKEN.fullmatch(value):
-                return value
+            code = safe_code(body.get(key))
+            if code is not None:
+                return code
     return f"HTTP {response.status_code}"
 
 
