@@ -108,3 +108,28 @@ def test_an_smtp_server_echoing_url_and_address_leaves_no_trace(
         for secret in secrets_of(row):
             for place, text in places.items():
                 assert secret.lower() not in text.lower(), (place, secret)
+
+
+def test_an_aws_error_keeps_its_code_only_and_never_a_code_holding_a_number() -> None:
+    from botocore.exceptions import ClientError
+
+    from dispatcher.providers import aws
+
+    # Given AWS errors whose Message quotes the recipient, one whose Code is a phone number
+    def error(code: str) -> ClientError:
+        response = {
+            "Error": {"Code": code, "Message": "bad hanako@ezweb.ne.jp +819012345678"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+        return ClientError(response, "SendEmail")  # type: ignore[arg-type]
+
+    # When they are translated
+    plain, numeric = (
+        aws.translate("ses", error("MessageRejected"), set()),
+        aws.translate("ses", error("819012345678"), set()),
+    )
+
+    # Then only a short Code is kept, never the Message, never a Code made of a number
+    assert (plain.code, numeric.code) == ("MessageRejected", "Unknown")
+    for translated in (plain, numeric):
+        assert "hanako" not in str(translated) and "9012345678" not in str(translated)
