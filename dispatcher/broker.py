@@ -16,6 +16,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import JSONEncoder
 from dramatiq.middleware import Middleware
 
+from .privacy import redact
+
 QUEUE = "deliveries"
 NAMESPACE = "dispatcher"
 
@@ -46,10 +48,27 @@ class keys:
         return f"{keys.prefix}:dashboard:session:{generation}:{sid}"
 
 
+#: What is kept of a traceback that Dramatiq's Retries middleware puts in a retried message: its end.
+MAX_TRACEBACK_CHARS = 2000
+
+
+class RedactTracebacks(Middleware):
+    """Dramatiq's Retries middleware stores the failure's traceback (exception text included, which may
+    quote a contact or a receipt URL) in the options of the message it enqueues again, that is in Redis.
+    Before any message is written, that traceback is cut to its last :data:`MAX_TRACEBACK_CHARS` characters
+    and redacted. A new message carries no traceback, so the bulk enqueue path may ignore this hook."""
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
+        text = message.options.get("traceback")
+        if text is not None:
+            message.options["traceback"] = redact(str(text)[-MAX_TRACEBACK_CHARS:])
+
+
 def build_broker(redis_url: str) -> RedisBroker:
     # A dead worker's messages come back after heartbeat_timeout; the ledger's claim makes the redelivery
     # harmless, so a short timeout only costs a few harmless re-reads.
     broker = RedisBroker(url=redis_url, namespace=NAMESPACE, heartbeat_timeout=15_000, maintenance_chance=10_000)
+    broker.add_middleware(RedactTracebacks())
     return broker
 
 
@@ -145,8 +164,12 @@ def _fast_path(broker: RedisBroker) -> bool:
     """Whether messages may be written without Message objects: JSON encoding and no enqueue hooks."""
     if type(dramatiq.get_encoder()) is not JSONEncoder or not hasattr(broker, "broker_id"):
         return False
-    return all(type(m).before_enqueue is Middleware.before_enqueue and type(m).after_enqueue is Middleware.after_enqueue
-               for m in broker.middleware)
+    return all(isinstance(m, RedactTracebacks) or _no_enqueue_hooks(m) for m in broker.middleware)
+
+
+def _no_enqueue_hooks(middleware: Middleware) -> bool:
+    kind = type(middleware)
+    return kind.before_enqueue is Middleware.before_enqueue and kind.after_enqueue is Middleware.after_enqueue
 
 
 def _format(pieces: list[str], stamp: int) -> tuple[str, list[int]]:

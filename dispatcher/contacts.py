@@ -56,7 +56,8 @@ def check_email(raw: str) -> tuple[str, str | None]:
         raise FieldError("email", "local part contains '=?' (an RFC 2047 encoded word); not a real mailbox")
     labels = domain.lower().split(".")
     if len(labels) < 2 or not all(_LABEL.match(label) for label in labels) or not labels[-1].isalpha():
-        raise FieldError("email", f"domain '{domain}' is not a valid host name")
+        # The domain itself is not quoted: the reason goes to the rejects file and logs (SPEC §12).
+        raise FieldError("email", f"domain ({len(domain)} characters) is not a valid host name")
     flag = None
     if local.startswith(".") or local.endswith(".") or ".." in local:
         flag = LEGACY_LOCAL_PART

@@ -11,19 +11,27 @@ from typing import IO, Any
 
 from .private import open_private_for_writing, private_dir
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-#: Spaces a spreadsheet may skip before it looks for a formula (ASCII, no-break and ideographic).
-_LEADING_SPACE = " \u00a0\u3000"
+#: What a spreadsheet may run as a formula (OWASP: ``= + - @``, and a leading tab, CR or LF, which some
+#: programs drop before they look), also in their full-width or small forms (``＝``, ``＋``, ``－``, ``＠``,
+#: ``﹦``), which Japanese Excel may read as the ASCII ones.
+_FORMULA_SIGNS = ("=", "+", "-", "@")
+_FORMULA_START = (*_FORMULA_SIGNS, "\t", "\r", "\n", "\x00")
+#: What a spreadsheet or an import may skip before it looks for a formula: ASCII and Unicode spaces
+#: (U+2000..U+200A, no-break, ideographic), zero-width ones (ZWSP, word joiner, BOM) and the control
+#: characters above, in any mix.
+_LEADING_SPACE = (
+    " \t\r\n\x00\x0b\x0c\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u200b\u200c\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff"
+)
 
 
 def formula_like(text: str) -> bool:
-    """Whether a spreadsheet could take this cell for a formula: OWASP's starts, also after leading spaces
-    and in their full-width or small forms (``＝``, ``＋``, ``－``, ``＠``), which Japanese Excel may read as
-    the ASCII ones."""
+    """Whether a spreadsheet could take this cell for a formula: OWASP's starts, also after any leading
+    spaces or invisible characters and in full-width or small forms."""
     if text.startswith(_FORMULA_START):
         return True
     head = text.lstrip(_LEADING_SPACE)[:1]
-    return bool(head) and unicodedata.normalize("NFKC", head)[:1] in ("=", "+", "-", "@")
+    return bool(head) and unicodedata.normalize("NFKC", head)[:1] in _FORMULA_SIGNS
 
 
 def neutralise(value: Any) -> str:

@@ -23,7 +23,7 @@ from .errors import AmbiguousOutcome, ConfigError, DispatcherError, PermanentErr
 from .feedback.apply import PendingLimits, apply_pending
 from .ledger.store import CampaignRecord, Delivery
 from .mime import build_raw
-from .privacy import mask_contact, redact
+from .privacy import mask_contact, redact, safe_code, scrub
 from .providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
 from .render import Renderer
 from .runtime import Runtime
@@ -290,14 +290,16 @@ def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: d
     try:
         result = _call(rt, provider, delivery, outgoing, slot)
     except AmbiguousOutcome as exc:
-        log.warning("%s: outcome unknown, will not resend by itself: %s", who, exc)
-        ledger.move(delivery.id, Status.UNKNOWN, actor="worker", detail=str(exc), provider_code=exc.code,
-                    values={"provider": provider.name, "reason": str(exc)})
+        reason, code = _kept(exc, delivery)
+        log.warning("%s: outcome unknown, will not resend by itself: %s", who, reason)
+        ledger.move(delivery.id, Status.UNKNOWN, actor="worker", detail=reason, provider_code=code,
+                    values={"provider": provider.name, "reason": reason})
         return Outcome(Status.UNKNOWN)
     except PermanentError as exc:
-        log.warning("%s: refused for good: %s", who, exc)
-        ledger.move(delivery.id, Status.FAILED, actor="worker", detail=str(exc), provider_code=exc.code,
-                    values={"provider": provider.name, "reason": str(exc)})
+        reason, code = _kept(exc, delivery)
+        log.warning("%s: refused for good: %s", who, reason)
+        ledger.move(delivery.id, Status.FAILED, actor="worker", detail=reason, provider_code=code,
+                    values={"provider": provider.name, "reason": reason})
         rt.breaker.record_failure(delivery.campaign_id)
         return Outcome(Status.FAILED)
     except ProviderError as exc:
@@ -322,6 +324,14 @@ def send_claimed(rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: d
     return Outcome(Status.SENT)
 
 
+def _kept(exc: ProviderError, delivery: Delivery) -> tuple[str, str]:
+    """What may be kept of a provider error (ledger ``reason``, transition ``detail``, logs): its text
+    without this delivery's receipt URL and contact in any writing, redacted and bounded, and its code
+    when it is a short token."""
+    secrets = (delivery.receipt_url, delivery.contact)
+    return scrub(str(exc), secrets), safe_code(exc.code, secrets) or ""
+
+
 def _retry_later(rt: Runtime, delivery: Delivery, exc: ProviderError, provider: str, send_by: datetime) -> Outcome:
     ledger = rt.ledger
     settings = rt.settings
@@ -329,20 +339,21 @@ def _retry_later(rt: Runtime, delivery: Delivery, exc: ProviderError, provider: 
     since_resend = delivery.attempts - delivery.attempts_base
     delay = exc.retry_after or backoff(since_resend, settings.retry_base_seconds, settings.retry_max_seconds)
     again = clock.now() + timedelta(seconds=delay)
-    common = {"provider": provider, "reason": str(exc)}
+    reason, code = _kept(exc, delivery)
+    common = {"provider": provider, "reason": reason}
     if since_resend >= settings.max_attempts:
-        gave_up = f"gave up after {delivery.attempts} attempts: {exc}"  # the reason says retries ran out
-        ledger.move(delivery.id, Status.FAILED, actor="worker", provider_code=exc.code,
+        gave_up = f"gave up after {delivery.attempts} attempts: {reason}"  # the reason says retries ran out
+        ledger.move(delivery.id, Status.FAILED, actor="worker", provider_code=code,
                     values={**common, "reason": gave_up}, detail=gave_up)
         rt.breaker.record_failure(delivery.campaign_id)
         return Outcome(Status.FAILED)
     if again >= send_by:
-        ledger.move(delivery.id, Status.RETRYING, actor="worker", provider_code=exc.code,
-                    values={**common, "not_before": again}, detail=str(exc))
+        ledger.move(delivery.id, Status.RETRYING, actor="worker", provider_code=code,
+                    values={**common, "not_before": again}, detail=reason)
         ledger.move(delivery.id, Status.EXPIRED, actor="worker", detail="next retry would be after send_by")
         return Outcome(Status.EXPIRED)
     level = logging.INFO if isinstance(exc, Throttled) else logging.WARNING
-    log.log(level, "delivery %s: %s; retry %d in %.1fs", delivery.id, exc, delivery.attempts + 1, delay)
-    ledger.move(delivery.id, Status.RETRYING, actor="worker", provider_code=exc.code,
-                values={**common, "not_before": again}, detail=str(exc))
+    log.log(level, "delivery %s: %s; retry %d in %.1fs", delivery.id, reason, delivery.attempts + 1, delay)
+    ledger.move(delivery.id, Status.RETRYING, actor="worker", provider_code=code,
+                values={**common, "not_before": again}, detail=reason)
     return Outcome(Status.RETRYING, again_at=again)

@@ -36,14 +36,16 @@ from dispatcher.recipients import MAX_FIELD, SNIFF_BYTES
 ROOT = Path(__file__).resolve().parent.parent
 CAMPAIGN = ROOT / "config" / "campaigns" / "regionpay-2023-app.toml"
 ENCODINGS = ["utf-8", "utf-8-sig", "cp932", "latin-1"]
-#: What a spreadsheet would run as a formula (OWASP's list: = + - @ and a leading tab or CR), also after
-#: leading spaces and in full-width or small forms (Japanese Excel may read ＝ as =).
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: What a spreadsheet would run as a formula (OWASP's list: = + - @ and a leading tab, CR or LF; NUL, which
+#: some importers drop), also after leading spaces of any kind (ASCII, no-break, ideographic, U+2000..U+200A,
+#: zero-width, word joiner, BOM) and in full-width or small forms (Japanese Excel may read ＝ as =).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\x00")
 FORMULA_LOOKALIKES = "=+-@＝＋－＠﹦﹢﹣"
+INVISIBLE = " \t\r\n\x00\x0b\x0c\u00a0\u3000\ufeff\u200b\u2060" + "".join(chr(c) for c in range(0x2000, 0x200B))
 
 
 def formula_looking(value: str) -> bool:
-    return value.startswith(FORMULA_START) or value.lstrip(" \u00a0\u3000")[:1] in tuple(FORMULA_LOOKALIKES)
+    return value.startswith(FORMULA_START) or value.lstrip(INVISIBLE)[:1] in tuple(FORMULA_LOOKALIKES)
 
 #: Examples per property (bounded for CI; DISPATCHER_FUZZ_EXAMPLES=5000 for a deeper hunt).
 EXAMPLES = int(os.environ.get("DISPATCHER_FUZZ_EXAMPLES", "250"))
@@ -63,6 +65,7 @@ FORMULAS = [
     "=cmd|' /C calc'!A0", "=1+2", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\t=1+1", "\r=1+1",
     '=HYPERLINK("http://evil.example/","click")', "+81 90 1234 5678", "-", "=", "@",
     "＝cmd|' /C calc'!A0", "＋1", "－2", "＠SUM(A1)", "﹦1", " =1+1", "\u3000=1+1", "\u00a0＝1",
+    "\n=1+1", "\x00=1+1", " \t=1", "\u2003=1", "\u200a+1", "\ufeff=1", "\u200b@SUM(A1)", "\u2060-1", " \u200b ＝1",
 ]
 TRICKS = [
     "\u202eexe.pdf", "a\u200bb", "\u200b", "\ufeff", "\ufeffuser_id", "ＡＢＣ１２３", "ｕｓｅｒ＠ｅｘａｍｐｌｅ．ｊｐ",

@@ -103,6 +103,9 @@ class GatewayHandler(BaseHTTPRequestHandler):
             status, answer, headers = 429, {"code": "rate_limited"}, {"Retry-After": when}
         elif mode == "500":
             status, answer, headers = 500, {"error": "internal error"}, {}
+        elif mode == "400-phone-code":
+            # A gateway whose "numeric error code" is the number it refused
+            status, answer, headers = 400, {"code": int(record["json"]["to"].lstrip("+")), "error": "E"}, {}
         elif mode == "400":
             to = record["json"]["to"]
             status, answer, headers = 400, {"code": "invalid_number", "message": f"{to} is not valid"}, {}
@@ -190,6 +193,21 @@ def test_4xx_is_permanent_and_the_error_names_no_one(gateway: Gateway, provider:
         provider.send(sms())
     assert info.value.code == "invalid_number"
     assert "9012345678" not in str(info.value) and "receive.example.jp" not in str(info.value)
+
+
+def test_a_numeric_gateway_code_holding_the_phone_number_is_not_kept(
+    gateway: Gateway, provider: HttpGatewaySms
+) -> None:
+    # Given a gateway that answers 400 with the recipient's number as its "code" (and a short "error" token)
+    gateway.mode = "400-phone-code"
+
+    # When the message is refused
+    with pytest.raises(PermanentError) as info:
+        provider.send(sms())
+
+    # Then the number is neither the kept code nor in the message: the next short token stands instead
+    assert info.value.code == "E"
+    assert "9012345678" not in str(info.value) and "9012345678" not in info.value.code
 
 
 def test_a_wrong_token_is_refused_permanently(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:

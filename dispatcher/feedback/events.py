@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from ..privacy import safe_code as privacy_safe_code
+
 
 class Kind(StrEnum):
     SENT = "sent"  # the provider accepted it (SES Send)
@@ -47,11 +49,9 @@ _PHONE_LIKE = re.compile(r"\d{7}")
 
 
 def safe_code(value: object) -> str:
-    """A provider status code as it may be stored, or "" when it is not one (free text, too long)."""
-    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
-    if not _CODE.fullmatch(text) or _PHONE_LIKE.search(text):
-        return ""
-    return text
+    """A provider status code as it may be stored, or "" when it is not one (free text, too long, a number
+    that could be a phone): :func:`dispatcher.privacy.safe_code`, as text."""
+    return privacy_safe_code(value) or ""
 
 
 @dataclass(frozen=True)

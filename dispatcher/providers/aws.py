@@ -20,6 +20,7 @@ from botocore.exceptions import (
 )
 
 from ..errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled, TransientError
+from ..privacy import safe_code
 from ..settings import Settings
 
 THROTTLING = {
@@ -48,7 +49,8 @@ def client(service: str, settings: Settings) -> Any:
 def translate(provider: str, exc: Exception, permanent_codes: set[str]) -> ProviderError:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code", "Unknown"))
+        # The Code only (never the Message, which may quote the request); refused when not a short token.
+        code = safe_code(error.get("Code")) or "Unknown"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         text = f"{provider}: {code} (HTTP {status})"
         if code in THROTTLING or status == 429:

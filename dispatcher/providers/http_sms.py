@@ -41,7 +41,8 @@ from ..errors import (
     Throttled,
     TransientError,
 )
-from ..feedback.events import MAX_EVENT_TYPE, MAX_MESSAGE_ID, MAX_REFERENCE, Kind, ProviderEvent, safe_code
+from ..feedback.events import MAX_EVENT_TYPE, MAX_MESSAGE_ID, MAX_REFERENCE, Kind, ProviderEvent
+from ..privacy import safe_code
 from ..settings import Settings
 from ..states import Channel, Status
 from .base import Outgoing, OutgoingSms, Provider, SendResult, register
@@ -163,16 +164,17 @@ def _accepted_id(response: httpx.Response) -> str:
 
 
 def _error_code(response: httpx.Response) -> str:
-    """The gateway's own error code when it gives a short token, else the HTTP status (never free text)."""
+    """The gateway's own error code when it gives a short token with few digits (a phone number posing as
+    a numeric code is refused), else the HTTP status (never free text)."""
     try:
         body = response.json()
     except ValueError:
         body = None
     if isinstance(body, dict):
         for key in ("code", "error"):
-            value = body.get(key)
-            if isinstance(value, str) and _TOKEN.fullmatch(value):
-                return value
+            code = safe_code(body.get(key))
+            if code is not None:
+                return code
     return f"HTTP {response.status_code}"
 
 

@@ -26,7 +26,6 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from ..errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled, TransientError
-from ..privacy import redact
 from ..settings import Settings
 from ..states import Channel
 from .base import Outgoing, OutgoingEmail, Provider, SendResult, register
@@ -256,10 +255,16 @@ def translate(exc: BaseException) -> ProviderError:
     return TransientError(f"smtp: {type(exc).__name__}", code=type(exc).__name__)
 
 
+def _enhanced(text: bytes) -> str:
+    """The enhanced status code (RFC 3463) at the start of a reply, or ""; the rest of the reply is the
+    server's free text, which may quote the recipient or the message (a receipt URL), and is never kept."""
+    found = _ENHANCED.match(text)
+    return f" {found.group(0).decode('ascii')}" if found else ""
+
+
 def _from_reply(step: str, code: int, text: bytes) -> ProviderError:
     enhanced = _ENHANCED.match(text)
-    detail = redact(text.decode("utf-8", "replace"))[:200]
-    message = f"smtp: {step} answered {code}: {detail}"
+    message = f"smtp: {step} answered {code}{_enhanced(text)}"
     if 500 <= code < 600:
         return PermanentError(message, code=str(code))
     if code in THROTTLE_CODES or (enhanced is not None and enhanced.group(2) == b"7" and code >= 400):
@@ -270,9 +275,8 @@ def _from_reply(step: str, code: int, text: bytes) -> ProviderError:
 def _setup_refused(code: int, text: bytes) -> ProviderError:
     # Greeting, EHLO, STARTTLS, AUTH: about our server or settings, never about the recipient. Retried, so
     # an operator who fixes the server lets the campaign go on instead of failing everyone for good.
-    detail = redact(text.decode("utf-8", "replace"))[:200]
     cls = Throttled if code == 421 else TransientError
-    return cls(f"smtp: the server refused the session ({code}): {detail}", code=str(code))
+    return cls(f"smtp: the server refused the session ({code}{_enhanced(text)})", code=str(code))
 
 
 def _scrub(text: bytes, to: str) -> bytes:
