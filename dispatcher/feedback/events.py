@@ -7,7 +7,6 @@ recorded, never crashed on.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -44,8 +43,6 @@ MAX_EVENT_TYPE = 64
 MAX_REFERENCE = 64
 #: A provider code we keep: short, no spaces, no run of digits long enough to be a phone number. Anything
 #: else (free text that may echo an address or a receipt URL) is not stored.
-_CODE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
-_PHONE_LIKE = re.compile(r"\d{7}")
 
 
 def safe_code(value: object) -> str:
