@@ -41,10 +41,6 @@ SOURCES: dict[str, tuple[str, str]] = {
 MAX_MESSAGE_ID = 200
 MAX_EVENT_TYPE = 64
 MAX_REFERENCE = 64
-#: A provider code we keep: short, no spaces, no run of digits long enough to be a phone number. Anything
-#: else (free text that may echo an address or a receipt URL) is not stored.
-
-
 def safe_code(value: object) -> str:
     """A provider status code as it may be stored, or "" when it is not one (free text, too long, a number
     that could be a phone): :func:`dispatcher.privacy.safe_code`, as text."""
