@@ -43,8 +43,17 @@ CAMPAIGN = "bench-1m"
 TOKEN = "bench-dashboard-token-5c81e0f2a7d94b36"
 ROOT = Path(__file__).resolve().parent.parent
 #: Share of deliveries per state, for a campaign caught mid-way.
-MIX = [("delivered", 0.40), ("sent", 0.20), ("failed", 0.015), ("bounced", 0.01), ("complained", 0.001),
-       ("unknown", 0.002), ("retrying", 0.005), ("sending", 0.001), ("queued", 0.366)]
+MIX = [
+    ("delivered", 0.40),
+    ("sent", 0.20),
+    ("failed", 0.015),
+    ("bounced", 0.01),
+    ("complained", 0.001),
+    ("unknown", 0.002),
+    ("retrying", 0.005),
+    ("sending", 0.001),
+    ("queued", 0.366),
+]
 SENT_STATES = {"delivered", "sent", "bounced", "complained", "failed", "unknown"}
 SEND_HOURS = 10
 REASONS = {
@@ -75,14 +84,19 @@ def _copy(conn: sqlalchemy.Connection, table: str, columns: list[str], rows: Ite
 
 
 def seed(ledger: Ledger, rows: int) -> None:
-    from dispatcher.campaign import load_campaign
+    from dispatcher.core.campaign import load_campaign
     from dispatcher.ledger.schema import deliveries, delivery_counts, imports, transitions
-    from dispatcher.render import load_template_sources
+    from dispatcher.sending.render import load_template_sources
 
     now = datetime.now(UTC)
     campaign = load_campaign(ROOT / "config" / "campaigns" / "regionpay-2023-app.toml")
-    campaign = replace(campaign, id=CAMPAIGN, name="ベンチマーク（100万件）", send_by=now + timedelta(days=7),
-                       deadline=now + timedelta(days=10))
+    campaign = replace(
+        campaign,
+        id=CAMPAIGN,
+        name="ベンチマーク（100万件）",
+        send_by=now + timedelta(days=7),
+        deadline=now + timedelta(days=10),
+    )
     ledger.save_campaign(campaign, load_template_sources(campaign))
     rng = random.Random(20230405)
     states = [s for s, _ in MIX]
@@ -104,16 +118,57 @@ def seed(ledger: Ledger, rows: int) -> None:
                 email = f"user{i:07d}@docomo.ne.jp" if channel == "email" else None
                 phone = f"+8190{10_000_000 + i:08d}" if channel == "sms" else None
                 reason = rng.choice(REASONS[state]) if state in REASONS else None
-                yield (CAMPAIGN, f"U{i:07d}", i + 1, channel, email or phone, email, phone, "",
-                       f"https://receive.example.jp/r/{i:016x}", json.dumps({"name": f"利用者{i}", "amount": 1000}),
-                       state, 1 if sent_at else 0, 0, enqueued, "ses" if sent_at else None,
-                       f"msg-{i}" if sent_at else None, "550" if state == "failed" else None, reason,
-                       2 if channel == "sms" else None, sent_at, sent_at, enqueued, sent_at or enqueued)
+                yield (
+                    CAMPAIGN,
+                    f"U{i:07d}",
+                    i + 1,
+                    channel,
+                    email or phone,
+                    email,
+                    phone,
+                    "",
+                    f"https://receive.example.jp/r/{i:016x}",
+                    json.dumps({"name": f"利用者{i}", "amount": 1000}),
+                    state,
+                    1 if sent_at else 0,
+                    0,
+                    enqueued,
+                    "ses" if sent_at else None,
+                    f"msg-{i}" if sent_at else None,
+                    "550" if state == "failed" else None,
+                    reason,
+                    2 if channel == "sms" else None,
+                    sent_at,
+                    sent_at,
+                    enqueued,
+                    sent_at or enqueued,
+                )
 
-        columns = ["campaign_id", "user_id", "row_no", "channel", "contact", "email", "phone", "flags",
-                   "receipt_url", "fields", "status", "attempts", "attempts_base", "dispatched_at", "provider",
-                   "provider_message_id", "provider_code", "reason", "sms_parts", "first_sent_at",
-                   "last_event_at", "created_at", "updated_at"]
+        columns = [
+            "campaign_id",
+            "user_id",
+            "row_no",
+            "channel",
+            "contact",
+            "email",
+            "phone",
+            "flags",
+            "receipt_url",
+            "fields",
+            "status",
+            "attempts",
+            "attempts_base",
+            "dispatched_at",
+            "provider",
+            "provider_message_id",
+            "provider_code",
+            "reason",
+            "sms_parts",
+            "first_sent_at",
+            "last_event_at",
+            "created_at",
+            "updated_at",
+        ]
         naive = {"dispatched_at", "first_sent_at", "last_event_at", "created_at", "updated_at"}
 
         def utc_naive(rows_: Iterator[tuple[object, ...]], cols: list[str]) -> Iterator[tuple[object, ...]]:
@@ -151,9 +206,16 @@ def seed(ledger: Ledger, rows: int) -> None:
         del ordered
         print(f"  transitions: {m:,} rows in {time.monotonic() - t1:.1f} s", flush=True)
     ledger.recount(CAMPAIGN)
-    ledger.record_import(CAMPAIGN, "eligible-1m.csv", rows=rows + 1234, accepted=rows, new=rows,
-                         rejected=1234, rejects_path="eligible-1m.rejects.csv",
-                         reasons={"email": 800, "phone": 300, "receipt_url": 134})
+    ledger.record_import(
+        CAMPAIGN,
+        "eligible-1m.csv",
+        rows=rows + 1234,
+        accepted=rows,
+        new=rows,
+        rejected=1234,
+        rejects_path="eligible-1m.rejects.csv",
+        reasons={"email": 800, "phone": 300, "receipt_url": 134},
+    )
     # What autovacuum would do by itself soon after a load: drop the dead rows of any earlier seeding.
     maintenance = sqlalchemy.create_engine(URL, isolation_level="AUTOCOMMIT")
     with maintenance.connect() as conn:
@@ -169,11 +231,14 @@ def seeded_rows(ledger: Ledger) -> int:
 
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
-    from dispatcher.redis_server import free_port
+    from dispatcher.broker.embedded import free_port
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="off", ws="none"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off", ws="none"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -201,15 +266,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep an earlier seeding (quicker; its sends then lie further in the past)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep an earlier seeding (quicker; its sends then lie further in the past)"
+    )
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
 
+    from dispatcher.core.settings import load_settings
     from dispatcher.dashboard import create_app
     from dispatcher.ledger.schema import deliveries
     from dispatcher.runtime import Runtime
-    from dispatcher.settings import load_settings
 
     ensure_database(URL)
     ledger = Ledger(URL)
@@ -220,8 +286,11 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"campaign {CAMPAIGN}: {total:,} deliveries; load average {load:.1f}")
 
-    stmt = (select(deliveries.c.status, func.count()).where(deliveries.c.campaign_id == CAMPAIGN)
-            .group_by(deliveries.c.status))
+    stmt = (
+        select(deliveries.c.status, func.count())
+        .where(deliveries.c.campaign_id == CAMPAIGN)
+        .group_by(deliveries.c.status)
+    )
 
     def baseline() -> None:
         with ledger.read() as conn:
@@ -234,11 +303,13 @@ def main() -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     results: dict[str, tuple[float, float]] = {}
     with serving(create_app(rt, None)) as base, httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+
         def get(path: str) -> Callable[[], object]:
             def call() -> object:
                 response = client.get(path)
                 assert response.status_code == 200, (path, response.status_code)
                 return response
+
             return call
 
         # The very first page of a fresh process reads the chart's whole hour; later ones only the newest minutes.
@@ -264,8 +335,9 @@ def main() -> None:
     walls = []
     for _ in range(6):
         start = time.perf_counter()
-        out = subprocess.run([str(exe), "status", CAMPAIGN, "--json"], env=env, capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [str(exe), "status", CAMPAIGN, "--json"], env=env, capture_output=True, text=True, check=True
+        )
         walls.append((time.perf_counter() - start) * 1000)
         status = json.loads(out.stdout)
     walls = walls[1:]  # the first run also warms the OS file cache
@@ -280,14 +352,23 @@ def main() -> None:
     lines = ["| measurement | median | p95 | target (median / p95) |", "|---|---|---|---|"]
     for label, (med, p95) in results.items():
         target = 50.0 if label in ("GET /api/campaigns/{id}", "GET /campaigns/{id}") else None
-        lines.append(f"| `{label}` | {med:.1f} ms | {p95:.1f} ms | "
-                     + (f"≤ 50 ms {verdict(med, target)} / {verdict(p95, target)}" if target else "—") + " |")
-    lines.append(f"| `GET /campaigns/{{id}}`, first request of a fresh process (reads the chart's whole hour) | "
-                 f"{cold:.0f} ms (once) | — | — |")
-    lines.append(f"| `dispatcher status --json` (subprocess, start-up included; 5 runs) | {status_med:.0f} ms | "
-                 f"{max(walls):.0f} ms (max) | ≤ 1 s {verdict(status_med, 1000)} / {verdict(max(walls), 1000)} |")
-    lines.append(f"| baseline: `SELECT status, count(*) … GROUP BY status` (5 runs) | {base_med:.0f} ms | "
-                 f"{base_p95:.0f} ms (max) | — |")
+        lines.append(
+            f"| `{label}` | {med:.1f} ms | {p95:.1f} ms | "
+            + (f"≤ 50 ms {verdict(med, target)} / {verdict(p95, target)}" if target else "—")
+            + " |"
+        )
+    lines.append(
+        f"| `GET /campaigns/{{id}}`, first request of a fresh process (reads the chart's whole hour) | "
+        f"{cold:.0f} ms (once) | — | — |"
+    )
+    lines.append(
+        f"| `dispatcher status --json` (subprocess, start-up included; 5 runs) | {status_med:.0f} ms | "
+        f"{max(walls):.0f} ms (max) | ≤ 1 s {verdict(status_med, 1000)} / {verdict(max(walls), 1000)} |"
+    )
+    lines.append(
+        f"| baseline: `SELECT status, count(*) … GROUP BY status` (5 runs) | {base_med:.0f} ms | "
+        f"{base_p95:.0f} ms (max) | — |"
+    )
     body = (
         "## Dashboard on a 1,000,000-delivery campaign (PostgreSQL)\n\n"
         f"{machine()}; PostgreSQL on 127.0.0.1; {total:,} deliveries (60 % sent over {SEND_HOURS} h, "

@@ -1,6 +1,6 @@
 """Dispatch: N deliveries through the full send path, against Dramatiq's no-op ceiling, in the same run.
 
-The full path is `dispatcher worker -p 2 -t 8` (Dramatiq on dispatcher.actors, the periodic sweeper beside
+The full path is `dispatcher worker -p 2 -t 8` (Dramatiq on dispatcher.sending.actors, the periodic sweeper beside
 it) sending N queued deliveries of the bench campaign: claim, render, rate-limit check (no cap applies:
 no channel rate, no domain rates), send via the ``outbox`` provider (an .eml file per e-mail, a JSON line
 per SMS), record ``sent``, with the PostgreSQL ledger and a private redis-server. The rate counts from the
@@ -41,8 +41,9 @@ from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "var" / "bench"
-PG_URL = os.environ.get("DISPATCHER_BENCH_DISPATCH_PG_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/dispatcher_bench_dispatch")
+PG_URL = os.environ.get(
+    "DISPATCHER_BENCH_DISPATCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/dispatcher_bench_dispatch"
+)
 CAMPAIGN_ID = "bench-enqueue"
 #: Inside the campaign's sending period and its SMS window (the clock runs on in real time from there).
 CLOCK_START = "2023-04-05T10:00:00+09:00"
@@ -62,9 +63,15 @@ def reset_postgres(url: str) -> None:
 
 def worker_env(redis_url: str, outbox: Path, prefetch: int) -> dict[str, str]:
     return dict(
-        os.environ, DISPATCHER_DATABASE_URL=PG_URL, DISPATCHER_REDIS_URL=redis_url,
-        DISPATCHER_EMAIL_PROVIDER="outbox", DISPATCHER_SMS_PROVIDER="outbox", DISPATCHER_OUTBOX_DIR=str(outbox),
-        DISPATCHER_DOMAIN_RATES="{}", DISPATCHER_CLOCK_START=CLOCK_START, DISPATCHER_DATA_DIR=str(WORK / "data"),
+        os.environ,
+        DISPATCHER_DATABASE_URL=PG_URL,
+        DISPATCHER_REDIS_URL=redis_url,
+        DISPATCHER_EMAIL_PROVIDER="outbox",
+        DISPATCHER_SMS_PROVIDER="outbox",
+        DISPATCHER_OUTBOX_DIR=str(outbox),
+        DISPATCHER_DOMAIN_RATES="{}",
+        DISPATCHER_CLOCK_START=CLOCK_START,
+        DISPATCHER_DATA_DIR=str(WORK / "data"),
         dramatiq_queue_prefetch=str(prefetch),
     )
 
@@ -75,8 +82,11 @@ def workers_of(root: psutil.Process) -> list[psutil.Process]:
     for proc in root.children(recursive=True):
         try:
             parent = proc.parent()
-            if parent is not None and "dramatiq" in " ".join(parent.cmdline()) and "dramatiq" in " ".join(
-                    proc.cmdline()):
+            if (
+                parent is not None
+                and "dramatiq" in " ".join(parent.cmdline())
+                and "dramatiq" in " ".join(proc.cmdline())
+            ):
                 found.append(proc)
         except psutil.Error:
             continue
@@ -111,7 +121,7 @@ DESIGN = """A broker message carries 20 delivery ids (`DISPATCHER_SEND_BATCH`). 
 connection, then takes them one after the other: the claim, and later `sent`, each as one compare-and-set
 `UPDATE … RETURNING` that writes the counters, the audit row (and the provider message id) in the same
 statement, returning only the attempt count. Provider events that arrived before their send was recorded are
-looked for once per batch, after the commits. The e-mail's bytes are written directly (dispatcher/mime.py
+looked for once per batch, after the commits. The e-mail's bytes are written directly (dispatcher/sending/mime.py
 `build_raw`, checked byte for byte against the `email` package), its From and Subject folded once per
 campaign. Circuit-breaker successes are counted in memory and added to Redis every 50 sends or second. One
 log line per batch. That is about 2.1 statements per delivery; at the start of this work it was about 47
@@ -122,15 +132,15 @@ times, the campaign's JSON parsed for every message)."""
 WORKER_PARTS = [
     ("ledger: one read for the batch (deliveries, campaign state, suppressions)", ("Ledger.for_send_many",)),
     ("ledger: claim (one statement)", ("Ledger.claim",)),
-    ("ledger: record `sent` (one statement)", ("send_claimed (dispatcher/delivery.py);Ledger.move",)),
+    ("ledger: record `sent` (one statement)", ("send_claimed (dispatcher/sending/delivery.py);Ledger.move",)),
     ("ledger: early provider events, once per batch", ("_AfterBatch.finish",)),
     ("ledger: connection checkout and liveness ping", ("Ledger.pinned",)),
-    ("e-mail: MIME bytes (dispatcher/mime.py)", ("build_raw (dispatcher/mime.py)",)),
+    ("e-mail: MIME bytes (dispatcher/sending/mime.py)", ("build_raw (dispatcher/sending/mime.py)",)),
     ("e-mail and SMS: Jinja2 render", ("Renderer.email", "Renderer.sms")),
     ("provider `outbox`: write the .eml file / SMS line", ("Provider.send",)),
     ("circuit-breaker counter", ("Breaker.record_success",)),
     ("logging", ("Logger.info", "Logger._log", "Handler.handle", "Logger.log")),
-    ("rest of our send path", ("send_deliveries (dispatcher/actors.py)",)),
+    ("rest of our send path", ("send_deliveries (dispatcher/sending/actors.py)",)),
     ("Dramatiq: fetch, decode, middleware, ack", ("dramatiq",)),
 ]
 
@@ -143,8 +153,13 @@ def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0
     env = worker_env(redis_url, outbox, prefetch)
     ledger = Ledger(PG_URL)
     log = (WORK / "dispatch-worker.log").open("wb")
-    child = subprocess.Popen([str(ROOT / ".venv" / "bin" / "dispatcher"), "worker", "-p", str(PROCESSES),
-                              "-t", str(THREADS)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "dispatcher"), "worker", "-p", str(PROCESSES), "-t", str(THREADS)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     top = psutil.Process(child.pid)
     meter = sampling.CpuMeter()
     meter.tree_root, meter.tree_name = child.pid, "workers"
@@ -158,8 +173,9 @@ def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0
             counts = ledger.counts(CAMPAIGN_ID)
             sent = sum(v for (_, st), v in counts.items() if st == "sent")
             if profile_seconds and profiler is None and sent >= n // 5 and (workers := workers_of(top)):
-                profiler = threading.Thread(target=lambda pid=workers[0].pid: profile.append(
-                    sampling.record(pid, profile_seconds)))
+                profiler = threading.Thread(
+                    target=lambda pid=workers[0].pid: profile.append(sampling.record(pid, profile_seconds))
+                )
                 profiler.start()
             rss = []
             for proc in workers_of(top):
@@ -183,12 +199,19 @@ def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0
             child.wait()
         log.close()
     with ledger.read() as conn:
-        row = conn.execute(text(
-            "SELECT count(*), extract(epoch FROM max(first_sent_at) - min(first_sent_at)) FROM deliveries "
-            "WHERE campaign_id = :c AND status = 'sent'"), {"c": CAMPAIGN_ID}).one()
-        statuses = dict(conn.execute(text(
-            "SELECT status, count(*) FROM deliveries WHERE campaign_id = :c GROUP BY status"),
-            {"c": CAMPAIGN_ID}).all())
+        row = conn.execute(
+            text(
+                "SELECT count(*), extract(epoch FROM max(first_sent_at) - min(first_sent_at)) FROM deliveries "
+                "WHERE campaign_id = :c AND status = 'sent'"
+            ),
+            {"c": CAMPAIGN_ID},
+        ).one()
+        statuses = dict(
+            conn.execute(
+                text("SELECT status, count(*) FROM deliveries WHERE campaign_id = :c GROUP BY status"),
+                {"c": CAMPAIGN_ID},
+            ).all()
+        )
     ledger.dispose()
     sent, seconds = int(row[0]), float(row[1] or 0.0)
     emails = sum(1 for _ in (outbox / "email").rglob("*.eml"))
@@ -198,13 +221,28 @@ def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0
 
     references = [json.loads(line)["reference"] for line in sms_lines]
     duplicates = len(references) - len(set(references))
-    cpu = meter.summary({"workers": "`dispatcher worker` (all its processes)", "postgres": "PostgreSQL",
-                         "redis-server": "Redis"})
+    cpu = meter.summary(
+        {"workers": "`dispatcher worker` (all its processes)", "postgres": "PostgreSQL", "redis-server": "Redis"}
+    )
     cpu_ms = 1000 * sum(meter.by_name[k] for k in ("workers", "postgres", "redis-server")) / max(1, sent)
-    split = ", ".join(f"{label} {1000 * meter.by_name[k] / max(1, sent):.2f} ms" for k, label in
-                      (("workers", "worker processes"), ("postgres", "PostgreSQL"), ("redis-server", "Redis")))
-    return Ours(sent, (sent - 1) / seconds if seconds else 0.0, seconds, samples, emails, len(sms_lines), duplicates,
-                statuses, profile[0] if profile else None, cpu, cpu_ms, split)
+    split = ", ".join(
+        f"{label} {1000 * meter.by_name[k] / max(1, sent):.2f} ms"
+        for k, label in (("workers", "worker processes"), ("postgres", "PostgreSQL"), ("redis-server", "Redis"))
+    )
+    return Ours(
+        sent,
+        (sent - 1) / seconds if seconds else 0.0,
+        seconds,
+        samples,
+        emails,
+        len(sms_lines),
+        duplicates,
+        statuses,
+        profile[0] if profile else None,
+        cpu,
+        cpu_ms,
+        split,
+    )
 
 
 def run_noop(redis_url: str, n: int, prefetch: int) -> tuple[float, float]:
@@ -222,9 +260,26 @@ def run_noop(redis_url: str, n: int, prefetch: int) -> tuple[float, float]:
         enqueue_ids(noop_actor.broker, noop_actor.noop, list(range(start + 1, min(n, start + 10_000) + 1)))
     env = worker_env(redis_url, WORK / "outbox-noop", prefetch)
     log = (WORK / "dispatch-noop.log").open("wb")
-    child = subprocess.Popen([sys.executable, "-m", "dramatiq", "noop_actor", "--path", str(Path(__file__).parent),
-                              "--processes", str(PROCESSES), "--threads", str(THREADS), "--queues", NOOP_QUEUE],
-                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "noop_actor",
+            "--path",
+            str(Path(__file__).parent),
+            "--processes",
+            str(PROCESSES),
+            "--threads",
+            str(THREADS),
+            "--queues",
+            NOOP_QUEUE,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     first = last = None
     deadline = time.monotonic() + TIMEOUT
     meter = sampling.CpuMeter()
@@ -262,14 +317,19 @@ def run_boto3(count: int, csv_path: Path) -> float:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from dispatcher.redis_server import free_port
+    from dispatcher.broker.embedded import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        ses = boto3.client("sesv2", endpoint_url=f"http://127.0.0.1:{port}", region_name="ap-northeast-1",
-                           aws_access_key_id="bench", aws_secret_access_key="bench")
+        ses = boto3.client(
+            "sesv2",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="ap-northeast-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
         sender = "regionpay_compensation_ml@giftpad.jp"
         ses.create_email_identity(EmailIdentity=sender)
         rows = []
@@ -281,13 +341,21 @@ def run_boto3(count: int, csv_path: Path) -> float:
                     break
         started = time.perf_counter()
         for row in rows:
-            body = (f"{row['name']} 様\n\n地域クーポン regionPAY のシステム障害の補償として、ポイントをお受け取り"
-                    f"いただけます。\n受取URL: {row['receipt_url']}\n受取期限: 2023年5月31日(水)\n\n"
-                    "regionPAY 補償コールセンター 0120-479-249（平日 10:00～18:00）\n")
-            ses.send_email(FromEmailAddress=sender, Destination={"ToAddresses": [row["email"]]},
-                           Content={"Simple": {"Subject": {"Data": "【regionPAY】補償ポイント受取のご案内",
-                                                           "Charset": "UTF-8"},
-                                               "Body": {"Text": {"Data": body, "Charset": "UTF-8"}}}})
+            body = (
+                f"{row['name']} 様\n\n地域クーポン regionPAY のシステム障害の補償として、ポイントをお受け取り"
+                f"いただけます。\n受取URL: {row['receipt_url']}\n受取期限: 2023年5月31日(水)\n\n"
+                "regionPAY 補償コールセンター 0120-479-249（平日 10:00～18:00）\n"
+            )
+            ses.send_email(
+                FromEmailAddress=sender,
+                Destination={"ToAddresses": [row["email"]]},
+                Content={
+                    "Simple": {
+                        "Subject": {"Data": "【regionPAY】補償ポイント受取のご案内", "Charset": "UTF-8"},
+                        "Body": {"Text": {"Data": body, "Charset": "UTF-8"}},
+                    }
+                },
+            )
         return len(rows) / (time.perf_counter() - started)
     finally:
         server.stop()
@@ -301,20 +369,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--deliveries", type=int, default=100_000)
     parser.add_argument("--boto3", type=int, default=2_000, help="e-mails for the sequential boto3 baseline")
-    parser.add_argument("--prefetch", type=int, default=THREADS * 4,
-                        help="dramatiq_queue_prefetch for both pools (default: what `dispatcher worker` sets)")
-    parser.add_argument("--profile", type=float, default=15.0,
-                        help="seconds of py-spy samples of one worker during the run (0: none)")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=THREADS * 4,
+        help="dramatiq_queue_prefetch for both pools (default: what `dispatcher worker` sets)",
+    )
+    parser.add_argument(
+        "--profile", type=float, default=15.0, help="seconds of py-spy samples of one worker during the run (0: none)"
+    )
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--timeout", type=float, default=540.0, help="seconds each pool may run")
-    parser.add_argument("--noop-messages", type=int, default=200_000,
-                        help="messages for each no-op baseline run (at most --deliveries)")
+    parser.add_argument(
+        "--noop-messages", type=int, default=200_000, help="messages for each no-op baseline run (at most --deliveries)"
+    )
     args = parser.parse_args()
     global TIMEOUT
     TIMEOUT = args.timeout
     noop_n = min(args.deliveries, args.noop_messages)
     sys.path.insert(0, str(ROOT))
-    from dispatcher.redis_server import EmbeddedRedis
+    from dispatcher.broker.embedded import EmbeddedRedis
 
     n = args.deliveries
     WORK.mkdir(parents=True, exist_ok=True)
@@ -325,30 +399,39 @@ def main() -> None:
     try:
         client.flushall()
         noop_before, noop_cpu_before = run_noop(redis_url, noop_n, args.prefetch)
-        print(f"baseline: no-op Dramatiq actor, {PROCESSES}×{THREADS}, prefetch {args.prefetch}: "
-              f"{noop_before:,.0f} msg/s, {noop_cpu_before:.2f} ms CPU/msg", flush=True)
+        print(
+            f"baseline: no-op Dramatiq actor, {PROCESSES}×{THREADS}, prefetch {args.prefetch}: "
+            f"{noop_before:,.0f} msg/s, {noop_cpu_before:.2f} ms CPU/msg",
+            flush=True,
+        )
 
         client.flushall()
         reset_postgres(PG_URL)
         from enqueue import campaign_file
 
-        from dispatcher import broker, clock
-        from dispatcher.enqueue import enqueue_campaign
-        from dispatcher.settings import load_settings
+        from dispatcher import broker
+        from dispatcher.core import clock
+        from dispatcher.core.settings import load_settings
+        from dispatcher.intake.enqueue import enqueue_campaign
 
         settings = load_settings(database_url=PG_URL, redis_url=redis_url, clock_start=CLOCK_START)
         clock.start_at(settings.clock_start)
         broker.install(redis_url)
         started = time.perf_counter()
-        result = enqueue_campaign(campaign_file(), csv_path, settings=settings,
-                                  rejects_path=WORK / "dispatch-rejects.csv")
-        print(f"enqueued {result.new:,} deliveries ({result.by_channel}) in {time.perf_counter() - started:.1f}s",
-              flush=True)
+        result = enqueue_campaign(
+            campaign_file(), csv_path, settings=settings, rejects_path=WORK / "dispatch-rejects.csv"
+        )
+        print(
+            f"enqueued {result.new:,} deliveries ({result.by_channel}) in {time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
         ours = run_ours(redis_url, result.new, args.prefetch, args.profile)
-        print(f"ours: {ours.n:,} sent at {ours.rate:,.0f}/s over {ours.seconds:.1f}s, {ours.cpu_ms:.2f} ms CPU each; "
-              f"statuses {ours.statuses}; "
-              f"outbox {ours.emails:,} e-mails + {ours.sms:,} SMS, duplicate SMS references {ours.duplicates}",
-              flush=True)
+        print(
+            f"ours: {ours.n:,} sent at {ours.rate:,.0f}/s over {ours.seconds:.1f}s, {ours.cpu_ms:.2f} ms CPU each; "
+            f"statuses {ours.statuses}; "
+            f"outbox {ours.emails:,} e-mails + {ours.sms:,} SMS, duplicate SMS references {ours.duplicates}",
+            flush=True,
+        )
 
         client.flushall()
         noop_after, noop_cpu_after = run_noop(redis_url, noop_n, args.prefetch)
@@ -356,19 +439,22 @@ def main() -> None:
     finally:
         server.stop()
     boto_rate = run_boto3(args.boto3, csv_path)
-    print(f"baseline: sequential boto3 SES v2 loop to moto: {boto_rate:,.0f} e-mails/s ({args.boto3:,} sent)",
-          flush=True)
+    print(
+        f"baseline: sequential boto3 SES v2 loop to moto: {boto_rate:,.0f} e-mails/s ({args.boto3:,} sent)", flush=True
+    )
 
     ceiling = (noop_before + noop_after) / 2
     share = ours.rate / ceiling if ceiling else 0.0
     sent_samples = [s for s in ours.samples if s.sent > 0]
     rss_rows = []
     if sent_samples:
-        points = [("first send", sent_samples[0]), ("half-way", nearest(sent_samples, ours.n / 2)),
-                  ("last send", nearest(sent_samples, ours.n))]
+        points = [
+            ("first send", sent_samples[0]),
+            ("half-way", nearest(sent_samples, ours.n / 2)),
+            ("last send", nearest(sent_samples, ours.n)),
+        ]
         for label, point in points:
-            rss_rows.append(f"{label} ({point.sent:,} sent): "
-                            + ", ".join(f"{r:.0f} MB" for r in sorted(point.rss_mb)))
+            rss_rows.append(f"{label} ({point.sent:,} sent): " + ", ".join(f"{r:.0f} MB" for r in sorted(point.rss_mb)))
         half, last = sum(points[1][1].rss_mb), sum(points[2][1].rss_mb)
         if half:
             rss_rows.append(f"second half: {last - half:+.0f} MB in all ({(last - half) / half:+.0%})")
@@ -403,34 +489,42 @@ def main() -> None:
     )
     body += f"\n\n{ours.cpu} (from start-up to the last send)."
     if n < 1_000_000 and ours.rate:
-        body += (f"\n\nRun size: the issue asks for worker memory over 1,000,000 messages. At {ours.rate:,.0f}/s "
-                 f"that is {1_000_000 / ours.rate / 3600:.1f} h on this machine, far past the ten minutes a "
-                 f"benchmark run may take here; this run has {n:,} deliveries, so the memory figure covers "
-                 f"{n:,} messages, not a million.")
+        body += (
+            f"\n\nRun size: the issue asks for worker memory over 1,000,000 messages. At {ours.rate:,.0f}/s "
+            f"that is {1_000_000 / ours.rate / 3600:.1f} h on this machine, far past the ten minutes a "
+            f"benchmark run may take here; this run has {n:,} deliveries, so the memory figure covers "
+            f"{n:,} messages, not a million."
+        )
     if ours.n < n:
-        body += (f"\n\n**Cut short:** the workers were stopped after {TIMEOUT:.0f} s with {ours.n:,} of {n:,} "
-                 "deliveries sent; the rate is over those.")
+        body += (
+            f"\n\n**Cut short:** the workers were stopped after {TIMEOUT:.0f} s with {ours.n:,} of {n:,} "
+            "deliveries sent; the rate is over those."
+        )
     if share < 0.5:
         ceiling = (noop_before + noop_after) / 2
         budget = 2 * 1000 / (0.5 * ceiling)
-        body += ("\n\n**Not yet met.** Half the no-op ceiling is "
-                 f"{ceiling / 2:,.0f} deliveries/s, which leaves two cores {budget:.2f} ms of CPU per delivery for "
-                 f"everything: Dramatiq, our worker, PostgreSQL and Redis. Ours takes {ours.cpu_ms:.2f} ms "
-                 f"({ours.cpu_split}). PostgreSQL's share alone is close to the whole budget: the two durable "
-                 "writes each delivery needs (the claim before the provider call, `sent` after it, each with its "
-                 "audit row and counters) are what keep a killed worker from losing or double-sending anyone. "
-                 "Claiming a whole batch in one statement would divide that cost, but a worker killed mid-batch "
-                 "would then leave every claimed, unsent delivery in `sending`, and the sweep would call people "
-                 "`unknown` who were never sent anything (the reliability suite's bound: `unknown` ≤ the sends "
-                 "in flight). We keep one claim per send and report the gap. What was changed in this work, "
-                 "measured with this script: 45 deliveries/s at the start (2026-11-25, 20,000 deliveries), 181/s "
-                 "with four statements per delivery and the `email` package (2026-11-26, 100,000), then batches "
-                 "of 20 per message, MIME bytes written directly, breaker counts in memory and slim RETURNING.")
+        body += (
+            "\n\n**Not yet met.** Half the no-op ceiling is "
+            f"{ceiling / 2:,.0f} deliveries/s, which leaves two cores {budget:.2f} ms of CPU per delivery for "
+            f"everything: Dramatiq, our worker, PostgreSQL and Redis. Ours takes {ours.cpu_ms:.2f} ms "
+            f"({ours.cpu_split}). PostgreSQL's share alone is close to the whole budget: the two durable "
+            "writes each delivery needs (the claim before the provider call, `sent` after it, each with its "
+            "audit row and counters) are what keep a killed worker from losing or double-sending anyone. "
+            "Claiming a whole batch in one statement would divide that cost, but a worker killed mid-batch "
+            "would then leave every claimed, unsent delivery in `sending`, and the sweep would call people "
+            "`unknown` who were never sent anything (the reliability suite's bound: `unknown` ≤ the sends "
+            "in flight). We keep one claim per send and report the gap. What was changed in this work, "
+            "measured with this script: 45 deliveries/s at the start (2026-11-25, 20,000 deliveries), 181/s "
+            "with four statements per delivery and the `email` package (2026-11-26, 100,000), then batches "
+            "of 20 per message, MIME bytes written directly, breaker counts in memory and slim RETURNING."
+        )
     body += "\n\n" + DESIGN
     if ours.profile:
-        body += (f"\n\nWhere a worker's time goes (py-spy, {args.profile:g} s of one worker process from a fifth of "
-                 "the run on; samples of threads on the CPU):\n\n" + sampling.table(sampling.share(ours.profile,
-                                                                                                   WORKER_PARTS)))
+        body += (
+            f"\n\nWhere a worker's time goes (py-spy, {args.profile:g} s of one worker process from a fifth of "
+            "the run on; samples of threads on the CPU):\n\n"
+            + sampling.table(sampling.share(ours.profile, WORKER_PARTS))
+        )
     elif args.profile:
         body += "\n\n(No profile: py-spy is not installed; `.venv/bin/pip install py-spy`.)"
     print(body)

@@ -35,8 +35,9 @@ from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "var" / "bench"
-PG_URL = os.environ.get("DISPATCHER_BENCH_PG_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/dispatcher_bench_throughput")
+PG_URL = os.environ.get(
+    "DISPATCHER_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/dispatcher_bench_throughput"
+)
 CAMPAIGN_ID = "bench-enqueue"
 TARGET_RATE, TARGET_SQLITE_S, TARGET_RSS_MB = 33_000, 60.0, 300.0
 TIMEOUT = 540.0
@@ -45,7 +46,8 @@ TIMEOUT = 540.0
 def campaign_file() -> Path:
     path = WORK / "config" / "campaigns" / "bench-enqueue.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"""id = "{CAMPAIGN_ID}"
+    path.write_text(
+        f"""id = "{CAMPAIGN_ID}"
 name = "地域クーポン補償（ベンチマーク）"
 template = "compensation"
 prefer = "email"
@@ -60,7 +62,9 @@ organizer = "しまね旅キャンペーン事務局"
 call_centre_name = "全国旅行支援地域クーポン regionPAY 補償コールセンター"
 call_centre_phone = "0120-479-249"
 call_centre_hours = "平日 10:00～18:00"
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -107,11 +111,22 @@ def queue_length(redis_url: str) -> int:
 
 def run_enqueue(label: str, db_url: str, redis_url: str, csv_path: Path, campaign: Path) -> Run:
     """`dispatcher enqueue` as a child process: wall time from spawn to exit, and its peak RSS."""
-    env = dict(os.environ, DISPATCHER_DATABASE_URL=db_url, DISPATCHER_REDIS_URL=redis_url,
-               DISPATCHER_DATA_DIR=str(WORK / "data"), DISPATCHER_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        DISPATCHER_DATABASE_URL=db_url,
+        DISPATCHER_REDIS_URL=redis_url,
+        DISPATCHER_DATA_DIR=str(WORK / "data"),
+        DISPATCHER_LOG_LEVEL="WARNING",
+    )
     rejects = WORK / f"rejects-{label}.csv"
-    command = [str(ROOT / ".venv" / "bin" / "dispatcher"), "enqueue", str(campaign), str(csv_path),
-               "--rejects", str(rejects)]
+    command = [
+        str(ROOT / ".venv" / "bin" / "dispatcher"),
+        "enqueue",
+        str(campaign),
+        str(csv_path),
+        "--rejects",
+        str(rejects),
+    ]
     log = (WORK / f"enqueue-{label}.log").open("wb")
     meter = sampling.CpuMeter()
     meter.tree_name = "dispatcher"
@@ -142,11 +157,11 @@ def run_enqueue(label: str, db_url: str, redis_url: str, csv_path: Path, campaig
     child.returncode = os.waitstatus_to_exitcode(status)
     log.close()
     n, t = count_ledger(db_url)
-    cpu = meter.summary({"dispatcher": "`dispatcher enqueue`", "postgres": "PostgreSQL",
-                         "redis-server": "Redis"})
+    cpu = meter.summary({"dispatcher": "`dispatcher enqueue`", "postgres": "PostgreSQL", "redis-server": "Redis"})
     # Peak RSS: the larger of the tree's sampled sum and the largest single process (exact, from wait4).
-    return Run(label, seconds, max(peak_tree, usage.ru_maxrss / 1024), child.returncode, n, queue_length(redis_url),
-               t, cpu)
+    return Run(
+        label, seconds, max(peak_tree, usage.ru_maxrss / 1024), child.returncode, n, queue_length(redis_url), t, cpu
+    )
 
 
 DESIGN = """How `enqueue` spends its work (per campaign once, per row as little as the checks allow):
@@ -169,8 +184,7 @@ DESIGN = """How `enqueue` spends its work (per campaign once, per row as little 
 ENQUEUE_PARTS = [
     ("start-up (imports, settings, campaign, templates)", ("_find_and_load", "load_campaign", "Renderer.__init__")),
     ("ledger: batches to PostgreSQL (COPY, then one INSERT … SELECT)", ("Ledger.add_deliveries",)),
-    ("writer process: batches in and out of the pipe (pickle)", ("ProcessWriter", "_serve", "Queue.get",
-                                                                 "_feed")),
+    ("writer process: batches in and out of the pipe (pickle)", ("ProcessWriter", "_serve", "Queue.get", "_feed")),
     ("broker: one message per new delivery, in bulk to Redis", ("dispatch_ids", "enqueue_ids")),
     ("phone numbers (phonenumbers: type from its metadata)", ("check_phone",)),
     ("e-mail address syntax", ("check_email",)),
@@ -185,11 +199,22 @@ ENQUEUE_PARTS = [
 
 def profile_enqueue(db_url: str, redis_url: str, csv_path: Path, campaign: Path) -> list[tuple[str, float]] | None:
     """One more `dispatcher enqueue`, under py-spy: the share of its samples per part."""
-    env = dict(os.environ, DISPATCHER_DATABASE_URL=db_url, DISPATCHER_REDIS_URL=redis_url,
-               DISPATCHER_DATA_DIR=str(WORK / "data"), DISPATCHER_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        DISPATCHER_DATABASE_URL=db_url,
+        DISPATCHER_REDIS_URL=redis_url,
+        DISPATCHER_DATA_DIR=str(WORK / "data"),
+        DISPATCHER_LOG_LEVEL="WARNING",
+    )
     raw = WORK / "enqueue-profile.txt"
-    command = [str(ROOT / ".venv" / "bin" / "dispatcher"), "enqueue", str(campaign), str(csv_path),
-               "--rejects", str(WORK / "rejects-profile.csv")]
+    command = [
+        str(ROOT / ".venv" / "bin" / "dispatcher"),
+        "enqueue",
+        str(campaign),
+        str(csv_path),
+        "--rejects",
+        str(WORK / "rejects-profile.csv"),
+    ]
     subprocess.run(sampling.record_command(command, raw), cwd=ROOT, env=env, capture_output=True, timeout=TIMEOUT)
     if not raw.exists():
         return None
@@ -227,21 +252,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--targets", nargs="*", default=["postgresql", "sqlite"], choices=["postgresql", "sqlite"])
-    parser.add_argument("--send-sample", type=int, default=50_000,
-                        help="messages for the actor.send baseline (extrapolated to the full run)")
+    parser.add_argument(
+        "--send-sample",
+        type=int,
+        default=50_000,
+        help="messages for the actor.send baseline (extrapolated to the full run)",
+    )
     parser.add_argument("--rerun", action="store_true", help="also enqueue the same file again (all present)")
-    parser.add_argument("--profile-rows", type=int, default=200_000,
-                        help="rows for an extra run into PostgreSQL under py-spy, for the profile (0: none)")
+    parser.add_argument(
+        "--profile-rows",
+        type=int,
+        default=200_000,
+        help="rows for an extra run into PostgreSQL under py-spy, for the profile (0: none)",
+    )
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from dispatcher.redis_server import EmbeddedRedis
+    from dispatcher.broker.embedded import EmbeddedRedis
 
     WORK.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     csv_path = cached(WORK, args.rows)
-    print(f"recipients: {csv_path} ({csv_path.stat().st_size / 1e6:.0f} MB; ready in {time.perf_counter() - t0:.1f}s)",
-          flush=True)
+    print(
+        f"recipients: {csv_path} ({csv_path.stat().st_size / 1e6:.0f} MB; ready in {time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
     campaign = campaign_file()
     server = EmbeddedRedis(WORK / "redis-enqueue", persistent=False)
     redis_url = server.start()
@@ -252,8 +287,10 @@ def main() -> None:
         print(f"floor: csv module reads {rows:,} rows in {floor_s:.2f}s = {rows / floor_s:,.0f} rows/s", flush=True)
         client.flushall()
         send_rate = dramatiq_send_rate(redis_url, min(args.send_sample, rows))
-        print(f"baseline: Dramatiq actor.send loop {send_rate:,.0f} messages/s "
-              f"({min(args.send_sample, rows):,} sent)", flush=True)
+        print(
+            f"baseline: Dramatiq actor.send loop {send_rate:,.0f} messages/s ({min(args.send_sample, rows):,} sent)",
+            flush=True,
+        )
         for target in args.targets:
             client.flushall()
             if target == "postgresql":
@@ -263,16 +300,21 @@ def main() -> None:
                 url = sqlite_url()
             run = run_enqueue(target, url, redis_url, csv_path, campaign)
             runs.append(run)
-            print(f"{target} + Redis: {rows:,} rows in {run.seconds:.1f}s = {rows / run.seconds:,.0f} rows/s, "
-                  f"peak RSS {run.rss_mb:.0f} MB, exit {run.exit_code}; ledger {run.rows_in_ledger:,}, "
-                  f"transitions {run.transitions:,}, broker {run.messages:,}", flush=True)
+            print(
+                f"{target} + Redis: {rows:,} rows in {run.seconds:.1f}s = {rows / run.seconds:,.0f} rows/s, "
+                f"peak RSS {run.rss_mb:.0f} MB, exit {run.exit_code}; ledger {run.rows_in_ledger:,}, "
+                f"transitions {run.transitions:,}, broker {run.messages:,}",
+                flush=True,
+            )
             if args.rerun:
                 client.flushall()
                 again = run_enqueue(f"{target}-again", url, redis_url, csv_path, campaign)
                 runs.append(again)
-                print(f"{target} again (all already present): {again.seconds:.1f}s = "
-                      f"{rows / again.seconds:,.0f} rows/s, peak RSS {again.rss_mb:.0f} MB, broker {again.messages:,}",
-                      flush=True)
+                print(
+                    f"{target} again (all already present): {again.seconds:.1f}s = "
+                    f"{rows / again.seconds:,.0f} rows/s, peak RSS {again.rss_mb:.0f} MB, broker {again.messages:,}",
+                    flush=True,
+                )
         profile = None
         if args.profile_rows and sampling.py_spy():
             client.flushall()
@@ -302,41 +344,56 @@ def main() -> None:
             target = f"≤ {TARGET_SQLITE_S * rows / 1_000_000:.0f} s — {verdict}"
         else:
             target = "—"
-        base = (f"actor.send loop, one message for each of the same {new:,} deliveries, alone: {send_s:.1f} s "
-                "(extrapolated)"
-                if new else "—")
+        base = (
+            f"actor.send loop, one message for each of the same {new:,} deliveries, alone: {send_s:.1f} s "
+            "(extrapolated)"
+            if new
+            else "—"
+        )
         ratio = f"{send_s / run.seconds:.1f}× faster than actor.send alone" if new else "—"
-        lines.append(f"| {run.label} + Redis: CSV → validation → ledger → broker | {target} | "
-                     f"{run.seconds:.1f} s = {rate:,.0f} rows/s; {run.rows_in_ledger:,} deliveries, "
-                     f"{run.messages:,} messages; {rows / floor_s / rate:.1f}× the csv floor's time | {base} | "
-                     f"{ratio} |")
+        lines.append(
+            f"| {run.label} + Redis: CSV → validation → ledger → broker | {target} | "
+            f"{run.seconds:.1f} s = {rate:,.0f} rows/s; {run.rows_in_ledger:,} deliveries, "
+            f"{run.messages:,} messages; {rows / floor_s / rate:.1f}× the csv floor's time | {base} | "
+            f"{ratio} |"
+        )
     for run in runs:
         verdict = "met" if run.rss_mb <= TARGET_RSS_MB else "**not yet met**"
-        lines.append(f"| peak RSS of `dispatcher enqueue`, {run.label} | ≤ {TARGET_RSS_MB:.0f} MB — {verdict} | "
-                     f"{run.rss_mb:.0f} MB | — | — |")
+        lines.append(
+            f"| peak RSS of `dispatcher enqueue`, {run.label} | ≤ {TARGET_RSS_MB:.0f} MB — {verdict} | "
+            f"{run.rss_mb:.0f} MB | — | — |"
+        )
     notes = "\n".join(f"- {run.label}: {run.cpu}." for run in runs)
-    missed = [run for run in runs if (run.label == "postgresql" and rows / run.seconds < TARGET_RATE)
-              or (run.label == "sqlite" and run.seconds > TARGET_SQLITE_S * rows / 1_000_000)]
+    missed = [
+        run
+        for run in runs
+        if (run.label == "postgresql" and rows / run.seconds < TARGET_RATE)
+        or (run.label == "sqlite" and run.seconds > TARGET_SQLITE_S * rows / 1_000_000)
+    ]
     if missed:
-        notes += ("\n\n**Not yet met** where marked. The CPU lines above are the reason: one list costs more "
-                  "CPU seconds (our two processes, PostgreSQL, Redis) than two cores give in the target time, "
-                  "before anything else on this shared machine takes its share. Our processes spend most of it "
-                  "in Python per row (profile below): reading and splitting the CSV, the checks, preparing the "
-                  "rows for the database and the messages for Redis; PostgreSQL maintains five indexes on "
-                  "`deliveries` and three on `transitions` for every new delivery. Since 2026-11-26 the writes "
-                  "run in a process of their own for large files, so checking and writing use both cores; what "
-                  "would close the rest of the gap is less work per row: fewer objects per row between the CSV "
-                  "reader and the COPY, and no `queued` audit row per delivery at import (its `created_at` and "
-                  "the `imports` row are the same evidence, but `Ledger.history` and the tests read that row, "
-                  "so it stays). Before the changes in this work the same command measured 1,893 rows/s into "
-                  "PostgreSQL and 3,601 rows/s into SQLite (100,000 rows, 2026-11-25); with the writer thread "
-                  "14,655 and 13,781 rows/s (1,000,000 rows, 2026-11-26).")
+        notes += (
+            "\n\n**Not yet met** where marked. The CPU lines above are the reason: one list costs more "
+            "CPU seconds (our two processes, PostgreSQL, Redis) than two cores give in the target time, "
+            "before anything else on this shared machine takes its share. Our processes spend most of it "
+            "in Python per row (profile below): reading and splitting the CSV, the checks, preparing the "
+            "rows for the database and the messages for Redis; PostgreSQL maintains five indexes on "
+            "`deliveries` and three on `transitions` for every new delivery. Since 2026-11-26 the writes "
+            "run in a process of their own for large files, so checking and writing use both cores; what "
+            "would close the rest of the gap is less work per row: fewer objects per row between the CSV "
+            "reader and the COPY, and no `queued` audit row per delivery at import (its `created_at` and "
+            "the `imports` row are the same evidence, but `Ledger.history` and the tests read that row, "
+            "so it stays). Before the changes in this work the same command measured 1,893 rows/s into "
+            "PostgreSQL and 3,601 rows/s into SQLite (100,000 rows, 2026-11-25); with the writer thread "
+            "14,655 and 13,781 rows/s (1,000,000 rows, 2026-11-26)."
+        )
     lines.append("")
     lines.append("Where the CPU went during each run (all processes; the machine is shared):\n\n" + notes)
     if profile:
-        lines.append(f"\nWhere `dispatcher enqueue`'s own time goes (py-spy, an extra run of {args.profile_rows:,} "
-                     "rows into PostgreSQL; the command and its writer process; PostgreSQL's and Redis's work "
-                     "is not in these samples):\n\n" + sampling.table(profile))
+        lines.append(
+            f"\nWhere `dispatcher enqueue`'s own time goes (py-spy, an extra run of {args.profile_rows:,} "
+            "rows into PostgreSQL; the command and its writer process; PostgreSQL's and Redis's work "
+            "is not in these samples):\n\n" + sampling.table(profile)
+        )
     elif args.profile_rows:
         lines.append("\n(No profile: py-spy is not installed; `.venv/bin/pip install py-spy`.)")
     body = (
@@ -347,8 +404,10 @@ def main() -> None:
         f"(full-width digits, +81, no separators), 1 % bad rows of 14 kinds (bench/population.py). "
         f"`dispatcher enqueue` runs as a child process into a private redis-server; times are wall clock from "
         f"spawn to exit. The actor.send baseline sent {min(args.send_sample, rows):,} messages "
-        f"({send_rate:,.0f}/s) and is extrapolated to one message per delivery in the ledger.\n\n" + "\n".join(lines)
-        + "\n\n" + DESIGN
+        f"({send_rate:,.0f}/s) and is extrapolated to one message per delivery in the ledger.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + DESIGN
     )
     print(body)
     if args.write:

@@ -20,4 +20,4 @@ dramatiq.set_broker(broker)
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=5, min_backoff=1_000, max_backoff=30_000, time_limit=300_000)
 def noop(delivery_id: int) -> None:
-    """Same signature and options as dispatcher.actors.send_delivery; does nothing."""
+    """Same signature and options as dispatcher.sending.actors.send_delivery; does nothing."""

@@ -19,17 +19,80 @@ VERSION = 3
 HEADER = ["user_id", "name", "email", "phone", "receipt_url", "amount", "category", "inquiry_no"]
 HOST = "receive.example.jp"
 
-_SURNAMES = ["佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤", "吉田", "山田",
-             "佐々木", "山口", "松本", "井上", "木村", "林", "斎藤", "清水"]
+_SURNAMES = [
+    "佐藤",
+    "鈴木",
+    "高橋",
+    "田中",
+    "伊藤",
+    "渡辺",
+    "山本",
+    "中村",
+    "小林",
+    "加藤",
+    "吉田",
+    "山田",
+    "佐々木",
+    "山口",
+    "松本",
+    "井上",
+    "木村",
+    "林",
+    "斎藤",
+    "清水",
+]
 _GIVEN = ["太郎", "花子", "健", "美咲", "翔", "陽菜", "大輔", "さくら", "蓮", "結衣", "悠真", "葵", "湊", "凛"]
-_ROMAJI = ["sato", "suzuki", "takahashi", "tanaka", "ito", "watanabe", "yamamoto", "nakamura", "kobayashi",
-           "kato", "yoshida", "yamada", "sasaki", "yamaguchi", "matsumoto", "inoue", "kimura", "hayashi"]
-_GIVEN_ROMAJI = ["taro", "hanako", "ken", "misaki", "sho", "hina", "daisuke", "sakura", "ren", "yui", "yuma",
-                 "aoi", "minato", "rin"]
+_ROMAJI = [
+    "sato",
+    "suzuki",
+    "takahashi",
+    "tanaka",
+    "ito",
+    "watanabe",
+    "yamamoto",
+    "nakamura",
+    "kobayashi",
+    "kato",
+    "yoshida",
+    "yamada",
+    "sasaki",
+    "yamaguchi",
+    "matsumoto",
+    "inoue",
+    "kimura",
+    "hayashi",
+]
+_GIVEN_ROMAJI = [
+    "taro",
+    "hanako",
+    "ken",
+    "misaki",
+    "sho",
+    "hina",
+    "daisuke",
+    "sakura",
+    "ren",
+    "yui",
+    "yuma",
+    "aoi",
+    "minato",
+    "rin",
+]
 # (domain, weight): carrier mail is most of what a regional-coupon app's users registered.
-_DOMAINS = [("docomo.ne.jp", 18), ("ezweb.ne.jp", 9), ("au.com", 5), ("softbank.ne.jp", 6),
-            ("i.softbank.jp", 7), ("ymobile.ne.jp", 2), ("gmail.com", 24), ("yahoo.co.jp", 16),
-            ("icloud.com", 8), ("outlook.jp", 3), ("nifty.com", 1), ("example.jp", 1)]
+_DOMAINS = [
+    ("docomo.ne.jp", 18),
+    ("ezweb.ne.jp", 9),
+    ("au.com", 5),
+    ("softbank.ne.jp", 6),
+    ("i.softbank.jp", 7),
+    ("ymobile.ne.jp", 2),
+    ("gmail.com", 24),
+    ("yahoo.co.jp", 16),
+    ("icloud.com", 8),
+    ("outlook.jp", 3),
+    ("nifty.com", 1),
+    ("example.jp", 1),
+]
 _LEGACY = ("docomo.ne.jp", "ezweb.ne.jp")
 _FULL = str.maketrans("0123456789", "０１２３４５６７８９")
 
@@ -77,8 +140,10 @@ def _phone(rng: random.Random) -> str:
 def _bad(rng: random.Random, row: list[str], seen_ids: list[str]) -> list[str]:
     kind = rng.randrange(14)
     if kind == 0:
-        row[2], row[3] = rng.choice(["taro.yamada@@docomo.ne.jp", "no-at-sign.docomo.ne.jp", "x@localhost",
-                                     "a b@example.jp"]), ""
+        row[2], row[3] = (
+            rng.choice(["taro.yamada@@docomo.ne.jp", "no-at-sign.docomo.ne.jp", "x@localhost", "a b@example.jp"]),
+            "",
+        )
     elif kind == 1:
         row[2], row[3] = "山田太郎@example.jp", ""
     elif kind == 2:

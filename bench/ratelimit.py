@@ -21,7 +21,7 @@ PROCESSES, THREADS = 2, 8
 
 
 def _ours(cap: float, seconds: float, start_at: float, out: mp.Queue) -> None:
-    from dispatcher.ratelimit import Limit, RateLimiter
+    from dispatcher.sending.ratelimit import Limit, RateLimiter
 
     limiter = RateLimiter(redis.Redis.from_url(redis_url()))
     limit = [Limit(f"bench:{cap}", cap)]
@@ -101,17 +101,26 @@ def main() -> None:
         ours = measure(_ours, cap, args.seconds)
         base = measure(_dramatiq, cap, args.seconds)
         rows.append((cap, ours, base))
-        print(f"cap {cap:>6g}/s  ours: {ours[0]:8.1f}/s ({ours[0] / cap:6.1%}), worst 1-s window {ours[1]:5d}"
-              f"  | dramatiq WindowRateLimiter: {base[0]:8.1f}/s ({base[0] / cap:6.1%}), worst window {base[1]:5d}",
-              flush=True)
-    table = ["| cap/s | ours: achieved | ours / cap | ours: worst sliding 1 s | Dramatiq Window (block): achieved "
-             "| its worst sliding 1 s | worst window, ours vs Dramatiq |", "|---|---|---|---|---|---|---|"]
+        print(
+            f"cap {cap:>6g}/s  ours: {ours[0]:8.1f}/s ({ours[0] / cap:6.1%}), worst 1-s window {ours[1]:5d}"
+            f"  | dramatiq WindowRateLimiter: {base[0]:8.1f}/s ({base[0] / cap:6.1%}), worst window {base[1]:5d}",
+            flush=True,
+        )
+    table = [
+        "| cap/s | ours: achieved | ours / cap | ours: worst sliding 1 s | Dramatiq Window (block): achieved "
+        "| its worst sliding 1 s | worst window, ours vs Dramatiq |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for cap, (rate, worst), (brate, bworst) in rows:
-        table.append(f"| {cap:g} | {rate:,.1f} | {rate / cap:.1%} | {worst:,} ({worst / cap:.2f}× cap) | "
-                     f"{brate:,.1f} | {bworst:,} ({bworst / cap:.2f}× cap) | {worst / max(bworst, 1):.2f} |")
-    body = (f"## Rate limiter (global, Redis)\n\n{machine()}; {PROCESSES} processes × {THREADS} threads, "
-            f"{args.seconds:g} s per cap; command: `.venv/bin/python bench/ratelimit.py --write`.\n"
-            "Target: ≥ 97 % of the cap, no sliding one-second window over it.\n\n" + "\n".join(table))
+        table.append(
+            f"| {cap:g} | {rate:,.1f} | {rate / cap:.1%} | {worst:,} ({worst / cap:.2f}× cap) | "
+            f"{brate:,.1f} | {bworst:,} ({bworst / cap:.2f}× cap) | {worst / max(bworst, 1):.2f} |"
+        )
+    body = (
+        f"## Rate limiter (global, Redis)\n\n{machine()}; {PROCESSES} processes × {THREADS} threads, "
+        f"{args.seconds:g} s per cap; command: `.venv/bin/python bench/ratelimit.py --write`.\n"
+        "Target: ≥ 97 % of the cap, no sliding one-second window over it.\n\n" + "\n".join(table)
+    )
     print(body)
     if args.write:
         write_section("ratelimit", body)

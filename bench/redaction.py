@@ -21,7 +21,7 @@ from functools import partial
 
 from common import machine, write_section
 
-from dispatcher.privacy import RedactingFilter, redact
+from dispatcher.core.privacy import RedactingFilter, redact
 
 UNITS: dict[str, str] = {
     "digits": "1",

@@ -25,9 +25,25 @@ def record(pid: int, seconds: float, rate: int = 200) -> list[tuple[list[str], i
     if exe is None:
         return None
     with tempfile.NamedTemporaryFile(suffix=".txt") as out:
-        done = subprocess.run([exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate",
-                               str(rate), "--format", "raw", "--output", out.name, "--nonblocking"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--output",
+                out.name,
+                "--nonblocking",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             return None
         return parse(Path(out.name).read_text())
@@ -38,8 +54,19 @@ def record_command(command: list[str], output: Path, rate: int = 100) -> list[st
     exe = py_spy()
     if exe is None:
         return command
-    return [exe, "record", "--rate", str(rate), "--format", "raw", "--output", str(output), "--subprocesses",
-            "--", *command]
+    return [
+        exe,
+        "record",
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+        "--subprocesses",
+        "--",
+        *command,
+    ]
 
 
 def parse(text: str) -> list[tuple[list[str], int]]:
@@ -134,8 +161,9 @@ class CpuMeter:
         self._poll()
         self.wall = time.monotonic() - self._started
         end = psutil.cpu_times()
-        self.machine_busy = sum(getattr(end, f) - getattr(self._machine, f) for f in ("user", "system", "irq",
-                                                                                       "softirq", "nice"))
+        self.machine_busy = sum(
+            getattr(end, f) - getattr(self._machine, f) for f in ("user", "system", "irq", "softirq", "nice")
+        )
         self.by_name: Counter[str] = Counter()
         for key, (name, used) in self._last.items():
             self.by_name[name] += max(0.0, used - self._first.get(key, 0.0))
@@ -147,5 +175,7 @@ class CpuMeter:
         parts = [f"{label} {self.by_name.get(name, 0.0):.1f}" for name, label in ours.items()]
         mine = sum(self.by_name.get(name, 0.0) for name in ours)
         parts.append(f"everything else on the machine {max(0.0, self.machine_busy - mine):.1f}")
-        return (f"CPU seconds in {self.wall:.1f} s of wall clock ({os.cpu_count()} cores = "
-                f"{self.wall * (os.cpu_count() or 1):.0f} CPU seconds): " + ", ".join(parts))
+        return (
+            f"CPU seconds in {self.wall:.1f} s of wall clock ({os.cpu_count()} cores = "
+            f"{self.wall * (os.cpu_count() or 1):.0f} CPU seconds): " + ", ".join(parts)
+        )

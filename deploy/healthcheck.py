@@ -18,13 +18,13 @@ from pathlib import Path
 
 
 def pool_running(proc: Path = Path("/proc")) -> bool:
-    """A ``python -m dramatiq dispatcher.actors`` process exists (the supervisor restarts it if it dies)."""
+    """A ``python -m dramatiq dispatcher.sending.actors`` process exists (the supervisor restarts it if it dies)."""
     for cmdline in proc.glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:  # the process ended while we looked
             continue
-        if b"dramatiq" in args and b"dispatcher.actors" in args:
+        if b"dramatiq" in args and b"dispatcher.sending.actors" in args:
             return True
     return False
 
@@ -44,7 +44,7 @@ def redis_answers() -> bool:
 def ledger_answers() -> bool:
     import sqlalchemy
 
-    from dispatcher.settings import load_settings
+    from dispatcher.core.settings import load_settings
 
     try:
         engine = sqlalchemy.create_engine(load_settings().ledger_url)

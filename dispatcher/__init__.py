@@ -5,21 +5,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .enqueue import EnqueueResult
+    from dispatcher.intake.enqueue import EnqueueResult
 
 __all__ = ["enqueue_campaign"]
 
 
 def enqueue_campaign(campaign: Any, recipients: Any, **options: Any) -> EnqueueResult:
-    """Validate a recipient list and add its new people to a campaign (see :mod:`dispatcher.enqueue`).
+    """Validate a recipient list and add its new people to a campaign (see :mod:`dispatcher.intake.enqueue`).
 
     Without ``DISPATCHER_REDIS_URL`` the program's private Redis server keeps the work (append-only file)
     until ``dispatcher worker`` starts it again.
     """
+    from dispatcher.broker.embedded import redis_available
+    from dispatcher.core.settings import load_settings
+    from dispatcher.intake.enqueue import enqueue_campaign as _enqueue
+
     from . import broker
-    from .enqueue import enqueue_campaign as _enqueue
-    from .redis_server import redis_available
-    from .settings import load_settings
 
     if options.get("dry_run") or options.get("dispatch") or broker.installed() is not None:
         return _enqueue(campaign, recipients, **options)

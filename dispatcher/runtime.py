@@ -9,14 +9,16 @@ from functools import cached_property
 
 import redis
 
-from . import clock, providers
+from dispatcher import providers
+from dispatcher.core import clock
+from dispatcher.core.settings import Settings, load_settings
+from dispatcher.core.states import Channel
+from dispatcher.sending.policy import Breaker, Limits
+from dispatcher.sending.render import Renderer
+
 from .ledger import Ledger
 from .ledger.store import CampaignRecord
-from .policy import Breaker, Limits
 from .providers.base import Provider
-from .render import Renderer
-from .settings import Settings, load_settings
-from .states import Channel
 
 
 class Runtime:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from dispatcher.core.states import PENDING, Status
 from dispatcher.ledger import Ledger
-from dispatcher.states import PENDING, Status
 
 from .services import free_port, missing, port_open
 
@@ -48,8 +48,13 @@ class Figures:
 
     def emit(self) -> None:
         self.values.setdefault("seconds", round(time.monotonic() - self.started, 1))
-        record = {"scenario": self.scenario, "size": CHAOS_SIZE, "cores": os.cpu_count(),
-                  "date": time.strftime("%Y-%m-%d"), **self.values}
+        record = {
+            "scenario": self.scenario,
+            "size": CHAOS_SIZE,
+            "cores": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"),
+            **self.values,
+        }
         print(f"\n[chaos] {json.dumps(record, ensure_ascii=False)}")
         if CHAOS_REPORT:
             with open(CHAOS_REPORT, "a", encoding="utf-8") as fh:
@@ -72,8 +77,9 @@ class WorkerPool:
 
     def __enter__(self) -> WorkerPool:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                            env=os.environ.copy(), start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
+            )
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -112,8 +118,7 @@ class WorkerPool:
         """The Dramatiq worker processes: children of the Dramatiq master the supervisor started."""
         assert self.process is not None
         try:
-            masters = [p for p in psutil.Process(self.process.pid).children()
-                       if "dramatiq" in " ".join(p.cmdline())]
+            masters = [p for p in psutil.Process(self.process.pid).children() if "dramatiq" in " ".join(p.cmdline())]
             return [w for m in masters for w in m.children() if w.is_running() and w.status() != "zombie"]
         except psutil.Error:
             return []
@@ -154,8 +159,14 @@ def settled(by_status: dict[str, int]) -> bool:
     return pending(by_status) == 0
 
 
-def wait_until(ledger: Ledger, campaign_id: str, done: Callable[[dict[str, int]], bool], timeout: float,
-               tick: Callable[[dict[str, int]], None] | None = None, every: float = 0.5) -> dict[str, int]:
+def wait_until(
+    ledger: Ledger,
+    campaign_id: str,
+    done: Callable[[dict[str, int]], bool],
+    timeout: float,
+    tick: Callable[[dict[str, int]], None] | None = None,
+    every: float = 0.5,
+) -> dict[str, int]:
     """Poll the campaign's counts until ``done`` says so or ``timeout`` passes; returns the last counts."""
     deadline = time.monotonic() + timeout
     now: dict[str, int] = {}
@@ -207,8 +218,9 @@ def check_outbox_against_ledger(ledger: Ledger, campaign_id: str, outbox: Path) 
     assert set(messages) <= set(states), "a message for a delivery the ledger does not know"
     sent_without = [i for i, (status, _) in states.items() if status == Status.SENT and messages[i] != 1]
     assert not sent_without, f"{len(sent_without)} deliveries are 'sent' with no message, e.g. {sent_without[:5]}"
-    not_sent_with = [i for i, (status, _) in states.items()
-                     if status not in (Status.SENT, Status.UNKNOWN) and messages[i]]
+    not_sent_with = [
+        i for i, (status, _) in states.items() if status not in (Status.SENT, Status.UNKNOWN) and messages[i]
+    ]
     assert not not_sent_with, f"messages for deliveries neither sent nor unknown: {not_sent_with[:5]}"
     unknown = [i for i, (status, _) in states.items() if status == Status.UNKNOWN]
     reached = sum(1 for i in unknown if messages[i])
@@ -249,7 +261,7 @@ class PrivateRedis:
     """A redis-server of the test's own, without persistence, that can be killed and started again."""
 
     def __init__(self) -> None:
-        from dispatcher.redis_server import redis_binary
+        from dispatcher.broker.embedded import redis_binary
 
         binary = redis_binary()
         if binary is None:
@@ -263,8 +275,22 @@ class PrivateRedis:
 
     def start(self) -> str:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while not port_open("127.0.0.1", self.port):
             assert self.process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
@@ -291,8 +317,10 @@ class ThrowawayPostgres:
     """
 
     def __init__(self) -> None:
-        bindir = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-                       if (p / "initdb").exists()), None)
+        bindir = next(
+            (p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True) if (p / "initdb").exists()),
+            None,
+        )
         if bindir is None:
             missing("PostgreSQL", "no initdb on this machine to start a throwaway cluster")
         assert bindir is not None
@@ -315,13 +343,27 @@ class ThrowawayPostgres:
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _pg(self, tool: str, *args: str, timeout: float = 120) -> None:
-        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True, timeout=timeout,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [*self.as_user, str(self.bindir / tool), *args],
+            check=True,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def start(self) -> str:
         self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self._pg("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.tmp / "log"), "-o",
-                 f"-p {self.port} -k {self.tmp} -h 127.0.0.1 -c fsync=off -c max_connections=200", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-w",
+            "-l",
+            str(self.tmp / "log"),
+            "-o",
+            f"-p {self.port} -k {self.tmp} -h 127.0.0.1 -c fsync=off -c max_connections=200",
+            "start",
+        )
         return self.url
 
     def restart(self) -> float:

@@ -27,7 +27,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     monkeypatch.setenv("DISPATCHER_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("DISPATCHER_CONFIG", str(ROOT / "tests" / "data" / "empty.toml"))
     yield
-    from dispatcher import broker, clock, runtime
+    from dispatcher import broker, runtime
+    from dispatcher.core import clock
 
     clock.start_at(None)
     runtime.use(None)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import uvicorn
 
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Status
 from dispatcher.runtime import Runtime
-from dispatcher.settings import load_settings
-from dispatcher.states import Status
 
 from .helpers import person_rows, write_campaign
 from .services import free_port
@@ -23,10 +23,24 @@ from .services import free_port
 TOKEN = "dashboard-token-for-the-tests-7f3a9c0e5b1d"
 CAMPAIGN = "test-campaign"
 BAD_ROWS = [
-    {"user_id": "BAD1", "name": "x", "email": "not-an-address", "phone": "",
-     "receipt_url": "https://receive.example.jp/r/badrow1", "amount": "1", "category": "A"},
-    {"user_id": "BAD2", "name": "y", "email": "", "phone": "03-5244-9370",
-     "receipt_url": "https://receive.example.jp/r/badrow2", "amount": "1", "category": "A"},
+    {
+        "user_id": "BAD1",
+        "name": "x",
+        "email": "not-an-address",
+        "phone": "",
+        "receipt_url": "https://receive.example.jp/r/badrow1",
+        "amount": "1",
+        "category": "A",
+    },
+    {
+        "user_id": "BAD2",
+        "name": "y",
+        "email": "",
+        "phone": "03-5244-9370",
+        "receipt_url": "https://receive.example.jp/r/badrow2",
+        "amount": "1",
+        "category": "A",
+    },
 ]
 
 
@@ -41,22 +55,33 @@ class Seeded:
         self.dispatched.extend(ids)
 
 
-def seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int = 60, *,
-         dispatch: Callable[[list[int]], None] | None = None, database_url: str | None = None,
-         **campaign: str) -> Seeded:
+def seed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    n: int = 60,
+    *,
+    dispatch: Callable[[list[int]], None] | None = None,
+    database_url: str | None = None,
+    **campaign: str,
+) -> Seeded:
     """Given a SQLite ledger in ``tmp_path`` (or ``database_url``) and the ``redis_url`` fixture's Redis: a
     campaign of ``n`` people (one in three by SMS) plus two rejected rows, enqueued; handed to ``dispatch`` if
     given, else to nobody."""
-    from dispatcher.cli import install_runtime
-    from dispatcher.enqueue import enqueue_campaign
+    from dispatcher.cli.common import install_runtime
+    from dispatcher.intake.enqueue import enqueue_campaign
 
     monkeypatch.setenv("DISPATCHER_DATABASE_URL", database_url or f"sqlite:///{tmp_path / 'ledger.db'}")
     monkeypatch.setenv("DISPATCHER_DASHBOARD_TOKEN", TOKEN)
     settings = load_settings()
     rt = install_runtime(settings)
     rows = person_rows(n)
-    enqueue_campaign(write_campaign(tmp_path, CAMPAIGN, **campaign), [*rows, *BAD_ROWS], settings=settings,
-                     ledger=rt.ledger, dispatch=dispatch or (lambda ids: None))
+    enqueue_campaign(
+        write_campaign(tmp_path, CAMPAIGN, **campaign),
+        [*rows, *BAD_ROWS],
+        settings=settings,
+        ledger=rt.ledger,
+        dispatch=dispatch or (lambda ids: None),
+    )
     return Seeded(rt, CAMPAIGN, rows)
 
 
@@ -67,8 +92,7 @@ def send(rt: Runtime, delivery_id: int, to: Status = Status.SENT, reason: str | 
     if reason is not None:
         values["reason"] = reason
     code = None if to is Status.SENT else "550"
-    assert rt.ledger.move(delivery_id, to, actor="worker", provider_code=code, values=values,
-                          detail=reason) is not None
+    assert rt.ledger.move(delivery_id, to, actor="worker", provider_code=code, values=values, detail=reason) is not None
 
 
 @contextmanager
@@ -76,8 +100,16 @@ def serving(app: Any) -> Iterator[str]:
     """A real uvicorn server for ``app`` in a thread on a free 127.0.0.1 port; yields its base URL."""
     port = free_port()
     # proxy_headers off as in `dispatcher dashboard`: the app believes X-Forwarded-* from trusted proxies only.
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off",
-                            ws="none", proxy_headers=False)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        ws="none",
+        proxy_headers=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="dashboard-server", daemon=True)
     thread.start()

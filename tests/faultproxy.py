@@ -39,8 +39,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 SES_SEND_PATH = "/v2/email/outbound-emails"
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "content-length"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+}
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 
@@ -83,8 +92,9 @@ class FaultProxy:
 
         self._server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="fault-proxy", daemon=True
+        )
         self._thread.start()
         return self.url
 
@@ -305,22 +315,36 @@ class _Handler(BaseHTTPRequestHandler):
             code, status, message = {
                 "throttle": ("TooManyRequestsException", 429, "Maximum sending rate exceeded."),
                 "permanent": ("MessageRejected", 400, "Email address is not deliverable (fault proxy)."),
-                "server": ("InternalFailure" if status == 500 else "ServiceUnavailable", status,
-                           "Service unavailable (fault proxy)."),
+                "server": (
+                    "InternalFailure" if status == 500 else "ServiceUnavailable",
+                    status,
+                    "Service unavailable (fault proxy).",
+                ),
             }[kind]
             payload = json.dumps({"message": message}).encode()
-            headers = [("Content-Type", "application/json"), ("x-amzn-ErrorType", code),
-                       ("x-amzn-RequestId", request_id)]
+            headers = [
+                ("Content-Type", "application/json"),
+                ("x-amzn-ErrorType", code),
+                ("x-amzn-RequestId", request_id),
+            ]
         else:
             code, kind_type, status, message = {
                 "throttle": ("Throttling", "Sender", 400, "Rate exceeded"),
-                "permanent": ("InvalidParameter", "Sender", 400,
-                              "Invalid parameter: PhoneNumber Reason: rejected by fault proxy"),
-                "server": ("InternalFailure" if status == 500 else "ServiceUnavailable", "Receiver", status,
-                           "Service unavailable (fault proxy)"),
+                "permanent": (
+                    "InvalidParameter",
+                    "Sender",
+                    400,
+                    "Invalid parameter: PhoneNumber Reason: rejected by fault proxy",
+                ),
+                "server": (
+                    "InternalFailure" if status == 500 else "ServiceUnavailable",
+                    "Receiver",
+                    status,
+                    "Service unavailable (fault proxy)",
+                ),
             }[kind]
             payload = (
-                "<ErrorResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\">"
+                '<ErrorResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">'
                 f"<Error><Type>{kind_type}</Type><Code>{code}</Code><Message>{message}</Message></Error>"
                 f"<RequestId>{request_id}</RequestId></ErrorResponse>"
             ).encode()

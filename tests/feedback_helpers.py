@@ -8,11 +8,11 @@ from pathlib import Path
 
 import boto3
 
-from dispatcher.delivery import deliver
-from dispatcher.enqueue import enqueue_campaign
+from dispatcher.core.settings import load_settings
+from dispatcher.intake.enqueue import enqueue_campaign
 from dispatcher.ledger.store import Delivery
 from dispatcher.runtime import Runtime
-from dispatcher.settings import load_settings
+from dispatcher.sending.delivery import deliver
 
 from .helpers import write_campaign
 
@@ -23,9 +23,11 @@ def event_json(name: str, delivery: Delivery, *, at: datetime | None = None, mes
     at = at or datetime.now(UTC)
     text = (EVENTS / f"{name}.json").read_text(encoding="utf-8")
     for key, value in {
-        "{recipient}": delivery.contact, "{message_id}": message_id or delivery.provider_message_id or "",
+        "{recipient}": delivery.contact,
+        "{message_id}": message_id or delivery.provider_message_id or "",
         "{reference}": f"{delivery.id}{'_' if name.startswith('ses') else '.'}{delivery.attempts}",
-        "{campaign}": delivery.campaign_id, "{at}": at.isoformat().replace("+00:00", "Z"),
+        "{campaign}": delivery.campaign_id,
+        "{at}": at.isoformat().replace("+00:00", "Z"),
         "{sent_at}": (at - timedelta(seconds=5)).isoformat().replace("+00:00", "Z"),
         "{at_ms}": str(int(at.timestamp() * 1000)),
     }.items():
@@ -35,9 +37,19 @@ def event_json(name: str, delivery: Delivery, *, at: datetime | None = None, mes
 
 
 def sns_envelope(record: str, topic: str = "arn:aws:sns:ap-northeast-1:123456789012:ses-events") -> str:
-    return json.dumps({"Type": "Notification", "MessageId": "00000000-0000-0000-0000-000000000001",
-                       "TopicArn": topic, "Message": record, "Timestamp": datetime.now(UTC).isoformat(),
-                       "SignatureVersion": "1", "Signature": "", "SigningCertURL": "", "UnsubscribeURL": ""})
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": "00000000-0000-0000-0000-000000000001",
+            "TopicArn": topic,
+            "Message": record,
+            "Timestamp": datetime.now(UTC).isoformat(),
+            "SignatureVersion": "1",
+            "Signature": "",
+            "SigningCertURL": "",
+            "UnsubscribeURL": "",
+        }
+    )
 
 
 def ses_runtime(monkeypatch) -> Runtime:
@@ -52,7 +64,7 @@ def send_campaign(rt: Runtime, tmp_path: Path, rows: list[dict], campaign_id: st
     campaign = write_campaign(tmp_path, campaign_id)
     result = enqueue_campaign(campaign, rows, settings=rt.settings, ledger=rt.ledger, dispatch=lambda ids: None)
     assert result.rejected == 0, result.rejects
-    ids = rt.ledger.in_status(campaign_id, [s for s in __import__("dispatcher.states").states.Status])
+    ids = rt.ledger.in_status(campaign_id, [s for s in __import__("dispatcher.core.states").states.Status])
     for delivery_id in ids:
         deliver(rt, delivery_id)
     return [d for d in (rt.ledger.get(i) for i in ids) if d is not None]

@@ -41,16 +41,25 @@ def write_campaign(
         shutil.copytree(ROOT / "templates", templates)
     path = tmp_path / "config" / "campaigns" / f"{campaign_id}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(CAMPAIGN_TOML.format(id=campaign_id, prefer=prefer, deadline=deadline, send_by=send_by,
-                                         window=window), encoding="utf-8")
+    path.write_text(
+        CAMPAIGN_TOML.format(id=campaign_id, prefer=prefer, deadline=deadline, send_by=send_by, window=window),
+        encoding="utf-8",
+    )
     return path
 
 
 def person_rows(n: int, *, start: int = 1, sms_every: int = 3) -> list[dict[str, str]]:
     rows = []
     for i in range(start, start + n):
-        row = {"user_id": f"U{i:06d}", "name": f"利用者{i}", "email": "", "phone": "",
-               "receipt_url": f"https://receive.example.jp/r/tok{i:06d}x", "amount": str(100 * i), "category": "A"}
+        row = {
+            "user_id": f"U{i:06d}",
+            "name": f"利用者{i}",
+            "email": "",
+            "phone": "",
+            "receipt_url": f"https://receive.example.jp/r/tok{i:06d}x",
+            "amount": str(100 * i),
+            "category": "A",
+        }
         if i % sms_every == 0:
             row["phone"] = f"090{10_000_000 + i:08d}"
         else:

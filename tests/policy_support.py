@@ -3,7 +3,7 @@
 Sends go to SES and SNS on the moto server through :class:`tests.faultproxy.FaultProxy` (which counts every
 send call that reaches the provider and can answer with transient or permanent errors); the ledger is the
 ``ledger_url`` one (SQLite and PostgreSQL); limits and quotas live in the real Redis. The clock is moved by
-hand with :func:`dispatcher.clock.start_at`, so retries and deadlines need no sleeping.
+hand with :func:`dispatcher.core.clock.start_at`, so retries and deadlines need no sleeping.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from dispatcher import clock
-from dispatcher.clock import JST
-from dispatcher.delivery import Outcome, deliver
-from dispatcher.enqueue import enqueue_campaign
+from dispatcher.core import clock
+from dispatcher.core.clock import JST
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Status
+from dispatcher.intake.enqueue import enqueue_campaign
 from dispatcher.runtime import Runtime
-from dispatcher.settings import load_settings
-from dispatcher.states import Status
+from dispatcher.sending.delivery import Outcome, deliver
 
 from .faultproxy import FaultProxy
 from .helpers import write_campaign

@@ -56,7 +56,7 @@ class RedisService:
             self.url = explicit
             return explicit
         # A private server per test session: concurrent sessions (and their workers) never share queues.
-        from dispatcher.redis_server import redis_binary
+        from dispatcher.broker.embedded import redis_binary
 
         binary = redis_binary()
         if binary is None:
@@ -67,8 +67,10 @@ class RedisService:
         port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="dispatcher-test-redis-")
         self.process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(100):
             if port_open("127.0.0.1", port):
                 break
@@ -112,11 +114,25 @@ class PostgresService:
         self.tmp = tempfile.mkdtemp(prefix="dispatcher-test-pg-")
         port = free_port()
         user = ["-U", "postgres"]
-        subprocess.run([str(bindir / "initdb"), "-D", self.tmp, "-A", "trust", *user], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(bindir / "initdb"), "-D", self.tmp, "-A", "trust", *user], check=True, stdout=subprocess.DEVNULL
+        )
         self.pg_ctl = str(bindir / "pg_ctl")
-        subprocess.run([self.pg_ctl, "-D", self.tmp, "-w", "-o", f"-p {port} -k {self.tmp} -h 127.0.0.1",
-                        "start", "-l", f"{self.tmp}/log"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                self.pg_ctl,
+                "-D",
+                self.tmp,
+                "-w",
+                "-o",
+                f"-p {port} -k {self.tmp} -h 127.0.0.1",
+                "start",
+                "-l",
+                f"{self.tmp}/log",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         return port
 
     def _create_database(self, admin_url: str, name: str) -> None:
@@ -125,8 +141,9 @@ class PostgresService:
         try:
             engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
             with engine.connect() as conn:
-                exists = conn.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname=:n"),
-                                      {"n": name}).scalar()
+                exists = conn.execute(
+                    sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname=:n"), {"n": name}
+                ).scalar()
                 if not exists:
                     conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
             engine.dispose()

@@ -8,19 +8,25 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dispatcher import broker, delivery, runtime
-from dispatcher.delivery import deliver, deliver_many
-from dispatcher.enqueue import enqueue_campaign
-from dispatcher.policy import Breaker
-from dispatcher.settings import load_settings
-from dispatcher.states import Channel, Status
+from dispatcher import broker, runtime
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Channel, Status
+from dispatcher.intake.enqueue import enqueue_campaign
+from dispatcher.sending import delivery
+from dispatcher.sending.delivery import deliver, deliver_many
+from dispatcher.sending.policy import Breaker
 
 from .helpers import person_rows, write_campaign
 
 
 def _enqueue(rt, tmp_path, n: int, campaign_id: str = "b", sms_every: int = 100) -> list[int]:
-    result = enqueue_campaign(write_campaign(tmp_path, campaign_id), person_rows(n, sms_every=sms_every),
-                              settings=rt.settings, ledger=rt.ledger, dispatch=lambda ids: None)
+    result = enqueue_campaign(
+        write_campaign(tmp_path, campaign_id),
+        person_rows(n, sms_every=sms_every),
+        settings=rt.settings,
+        ledger=rt.ledger,
+        dispatch=lambda ids: None,
+    )
     assert result.rejected == 0
     return rt.ledger.in_status(campaign_id, [Status.QUEUED])
 
@@ -80,9 +86,10 @@ def test_a_batch_out_of_time_hands_the_rest_on(rt, tmp_path, moto) -> None:
     assert len(moto.sent_emails()) == 1
 
 
-def test_batched_messages_through_a_dramatiq_worker_reach_everyone_once(rt, tmp_path, moto, redis_url,
-                                                                      monkeypatch) -> None:
-    from dispatcher.actors import dispatch_ids, send_deliveries
+def test_batched_messages_through_a_dramatiq_worker_reach_everyone_once(
+    rt, tmp_path, moto, redis_url, monkeypatch
+) -> None:
+    from dispatcher.sending.actors import dispatch_ids, send_deliveries
 
     ids = _enqueue(rt, tmp_path, 10, sms_every=4)
     monkeypatch.setenv("DISPATCHER_SEND_BATCH", "3")
@@ -115,7 +122,7 @@ def test_batched_messages_through_a_dramatiq_worker_reach_everyone_once(rt, tmp_
 
 
 def test_bulk_enqueue_of_id_lists_writes_what_dramatiq_writes(redis_url: str) -> None:
-    from dispatcher.actors import send_deliveries
+    from dispatcher.sending.actors import send_deliveries
 
     rb = broker.install(redis_url)
     client = redis.Redis.from_url(redis_url)

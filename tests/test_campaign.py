@@ -1,4 +1,4 @@
-"""Campaign definition files (SPEC §5, §9): dispatcher.campaign."""
+"""Campaign definition files (SPEC §5, §9): dispatcher.core.campaign."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher.campaign import Campaign, SmsWindow, campaign_to_dict, load_campaign, parse_campaign
-from dispatcher.clock import JST
-from dispatcher.errors import ConfigError
-from dispatcher.states import Channel
+from dispatcher.core.campaign import Campaign, SmsWindow, campaign_to_dict, load_campaign, parse_campaign
+from dispatcher.core.clock import JST
+from dispatcher.core.errors import ConfigError
+from dispatcher.core.states import Channel
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "campaigns" / "regionpay-2023-app.toml"

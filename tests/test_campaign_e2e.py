@@ -108,8 +108,12 @@ def test_campaign_end_to_end(tmp_path, redis_url, moto, ledger_url, dispatcher_c
     # When two worker processes with several threads work the queue
     log_path = tmp_path / "worker.log"
     with log_path.open("w") as log_file:
-        worker = subprocess.Popen([*dispatcher_cmd, "worker", "--processes", "2", "--threads", "4"],
-                                  stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+        worker = subprocess.Popen(
+            [*dispatcher_cmd, "worker", "--processes", "2", "--threads", "4"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
         try:
             status = wait_until_settled(dispatcher_cmd, "e2e")
         finally:
@@ -117,15 +121,20 @@ def test_campaign_end_to_end(tmp_path, redis_url, moto, ledger_url, dispatcher_c
             worker.wait(30)
 
     # Then each good person got exactly one message, on their channel, with their own URL
-    assert status == {"campaign": "e2e", "total": 7, "by_status": {"sent": 7},
-                      "by_channel": {"email": {"sent": 4}, "sms": {"sent": 3}}}
+    assert status == {
+        "campaign": "e2e",
+        "total": 7,
+        "by_status": {"sent": 7},
+        "by_channel": {"email": {"sent": 4}, "sms": {"sent": 3}},
+    }
     emails = moto.sent_emails()
     by_to: dict[str, list] = {}
     for sent in emails:
         parsed = email.message_from_string(sent["raw_data"], policy=policy.default)
         by_to.setdefault(str(parsed["To"]), []).append(parsed)
-    assert sorted(by_to) == sorted(["taro..yamada.@docomo.ne.jp", "hanako@ezweb.ne.jp", "SHO@example.jp",
-                                    "miss.@ezweb.ne.jp"])
+    assert sorted(by_to) == sorted(
+        ["taro..yamada.@docomo.ne.jp", "hanako@ezweb.ne.jp", "SHO@example.jp", "miss.@ezweb.ne.jp"]
+    )
     urls = {m: u for _, _, m, _, u in GOOD}
     urls["SHO@example.jp"] = urls.pop("ＳＨＯ@example.jp")
     for to, messages in by_to.items():
@@ -145,7 +154,7 @@ def test_campaign_end_to_end(tmp_path, redis_url, moto, ledger_url, dispatcher_c
 
     # And no log line carries a receipt URL or a full contact
     logs = log_path.read_text() + result.stdout + result.stderr + swept.stdout + swept.stderr
-    assert "dispatcher.delivery" in logs  # the worker did log
+    assert "dispatcher.sending.delivery" in logs  # the worker did log
     for _, _, mail, _, url in GOOD:
         assert url not in logs
         if mail:

@@ -1,10 +1,10 @@
-"""Validation and normalisation of one recipient's fields (SPEC §5): dispatcher.contacts."""
+"""Validation and normalisation of one recipient's fields (SPEC §5): dispatcher.intake.contacts."""
 
 from __future__ import annotations
 
 import pytest
 
-from dispatcher.contacts import (
+from dispatcher.intake.contacts import (
     LEGACY_LOCAL_PART,
     FieldError,
     check_amount,
@@ -348,7 +348,7 @@ def test_field_error_is_a_value_error_carrying_the_field() -> None:
 
 
 def test_amount_with_a_space_before_yen() -> None:
-    from dispatcher.contacts import check_amount
+    from dispatcher.intake.contacts import check_amount
 
     assert check_amount("1,000 円") == 1000
 

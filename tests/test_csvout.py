@@ -1,4 +1,4 @@
-"""CSV formula neutralisation (issue 11, point 10): dispatcher.csvout.neutralise."""
+"""CSV formula neutralisation (issue 11, point 10): dispatcher.core.csvout.neutralise."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.csvout import neutralise
+from dispatcher.core.csvout import neutralise
 
 #: What a spreadsheet or an importer may skip before it looks for a formula, written out here on its own.
 INVISIBLE = [" ", "\t", "\r", "\n", "\x00", "\u00a0", "\u3000", "\ufeff", "\u200b", "\u2060"] + [

@@ -20,13 +20,13 @@ import pytest
 import redis
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from dispatcher import clock
 from dispatcher.broker import keys
+from dispatcher.core import clock
+from dispatcher.core.errors import ConfigError
 from dispatcher.dashboard import create_app
 from dispatcher.dashboard.auth import CSRF_FIELD, SESSION_COOKIE
 from dispatcher.dashboard.pacing import FREE_FAILURES, FailurePacer
 from dispatcher.dashboard.sessions import SESSION_MAX_AGE
-from dispatcher.errors import ConfigError
 
 from .dashboard_support import TOKEN, Seeded, seed, serving
 from .services import free_port

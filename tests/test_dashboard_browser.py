@@ -18,8 +18,8 @@ import dramatiq
 import pytest
 
 from dispatcher import broker
+from dispatcher.core.states import Status
 from dispatcher.dashboard import create_app
-from dispatcher.states import Status
 
 from .dashboard_support import TOKEN, Seeded, seed, send, serving
 from .services import missing
@@ -33,8 +33,14 @@ TRACKED_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screens
 #: Read at import: the tests' clean environment drops every DISPATCHER_* variable before each test.
 WRITE_SCREENSHOTS = os.environ.get("DISPATCHER_TEST_SCREENSHOTS") == "1"
 #: No background traffic: the browser talks to 127.0.0.1 and nothing else.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 #: A function (not an expression string): the page's CSP forbids eval, which Playwright uses for strings.
 SENT_ABOVE = "(n) => parseInt(document.querySelector('td[data-count=\"sent\"]').textContent.replace(/,/g, '')) > n"
 RATE = 3  # messages per second per channel: slow enough to watch, fast enough for a test
@@ -66,7 +72,7 @@ def running_campaign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url:
     monkeypatch.setenv("DISPATCHER_DASHBOARD_INSECURE_COOKIES", "true")
     seeded = seed(tmp_path, monkeypatch, n=150)
     from dispatcher import runtime
-    from dispatcher.actors import dispatch_ids
+    from dispatcher.sending.actors import dispatch_ids
 
     runtime.use(seeded.rt)
     queued = seeded.rt.ledger.in_status(seeded.campaign_id, [Status.QUEUED])
@@ -97,13 +103,12 @@ def screenshots(tmp_path: Path) -> Path:
 def test_operator_watches_pauses_and_resumes_a_running_campaign(
     browser: Browser, running_campaign: Seeded, screenshots: Path
 ) -> None:
-    from dispatcher.actors import dispatch_ids
+    from dispatcher.sending.actors import dispatch_ids
 
     seeded = running_campaign
     requested: list[str] = []
     with serving(create_app(seeded.rt, dispatch_ids)) as base:
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="ja-JP",
-                                      timezone_id="Asia/Tokyo")
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="ja-JP", timezone_id="Asia/Tokyo")
         page = context.new_page()
         page.on("request", lambda request: requested.append(request.url))
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
+from dispatcher.core.states import Status
 from dispatcher.dashboard import create_app
 from dispatcher.dashboard.auth import CSRF_FIELD, SESSION_COOKIE
-from dispatcher.states import Status
-from dispatcher.status import campaign_status
+from dispatcher.operations.status import campaign_status
 
 from .dashboard_support import TOKEN, Seeded, seed, send, serving
 
@@ -119,8 +119,9 @@ def test_feedback_routes_need_no_dashboard_token(client: httpx.Client, seeded: S
     # Given no SNS topic allow-list and no gateway secret: neither route is available
     assert (post("/feedback/sns", unsigned), post("/feedback/sms-gateway", b'{"id": "x"}')) == (503, 503)
     # Given both configured: unsigned is 403, unparsable is 400 (SNS; the gateway checks its HMAC first)
-    seeded.rt.settings = seeded.rt.settings.model_copy(update={
-        "sns_topic_arns": ["arn:aws:sns:ap-northeast-1:1:t"], "sms_gateway_secret": "s" * 40})
+    seeded.rt.settings = seeded.rt.settings.model_copy(
+        update={"sns_topic_arns": ["arn:aws:sns:ap-northeast-1:1:t"], "sms_gateway_secret": "s" * 40}
+    )
     assert post("/feedback/sns", unsigned) == 403
     assert post("/feedback/sns", b"not json") == 400
     assert post("/feedback/sms-gateway", b'{"id": "x", "status": "delivered"}') == 403
@@ -149,9 +150,11 @@ def test_forged_or_tampered_session_cookie_is_refused(client: httpx.Client, base
     login(client)
     genuine = client.cookies[SESSION_COOKIE]
     forged_with_guessed_key = URLSafeTimedSerializer("guessed-secret", salt="dispatcher-session").dumps(
-        {"sid": "attacker", "csrf": "x"})
+        {"sid": "attacker", "csrf": "x"}
+    )
     forged_with_token_as_key = URLSafeTimedSerializer(TOKEN, salt="dispatcher-session").dumps(
-        {"sid": "attacker", "csrf": "x"})
+        {"sid": "attacker", "csrf": "x"}
+    )
     payload, _, signature = genuine.rpartition(".")
     tampered = f"{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
     for cookie in (forged_with_guessed_key, forged_with_token_as_key, tampered, "garbage", genuine + "x"):
@@ -226,8 +229,10 @@ def test_resend_shows_the_dry_run_before_confirming(client: httpx.Client, seeded
     assert seeded.rt.ledger.in_status(seeded.campaign_id, [Status.FAILED]) == failed
     assert not set(failed) & set(seeded.dispatched)
     # When they confirm
-    done = client.post("/campaigns/test-campaign/resend",
-                       data={CSRF_FIELD: csrf, "status": "failed", "confirm": "1", "channel": "", "via": ""})
+    done = client.post(
+        "/campaigns/test-campaign/resend",
+        data={CSRF_FIELD: csrf, "status": "failed", "confirm": "1", "channel": "", "via": ""},
+    )
     # Then both are queued again, handed to the broker, and the log says who did it
     assert done.status_code == 303 and done.headers["location"].endswith("done=resend&n=2")
     assert seeded.rt.ledger.in_status(seeded.campaign_id, [Status.FAILED]) == []
@@ -235,16 +240,18 @@ def test_resend_shows_the_dry_run_before_confirming(client: httpx.Client, seeded
     assert seeded.rt.ledger.history(failed[0])[-1]["actor"].startswith("dashboard:")
 
 
-def test_api_campaign_is_a_superset_of_status_json(client: httpx.Client, seeded: Seeded, tmp_path: Path,
-                                                    dispatcher_cmd: list[str]) -> None:
+def test_api_campaign_is_a_superset_of_status_json(
+    client: httpx.Client, seeded: Seeded, tmp_path: Path, dispatcher_cmd: list[str]
+) -> None:
     api = client.get("/api/campaigns/test-campaign", headers=BEARER)
     assert api.status_code == 200
     data = api.json()
     expected = campaign_status(seeded.rt.ledger, seeded.campaign_id)
     assert {k: data[k] for k in expected} == expected
     # ... and equal to what the command prints, SPEC §9
-    cli = subprocess.run([*dispatcher_cmd, "status", "test-campaign", "--json"], capture_output=True, text=True,
-                         check=True, cwd=tmp_path)
+    cli = subprocess.run(
+        [*dispatcher_cmd, "status", "test-campaign", "--json"], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     printed = json.loads(cli.stdout)
     assert {k: data[k] for k in printed} == printed
     assert data["total"] == 60 and data["by_status"]["sent"] == 10 and data["by_status"]["failed"] == 2
@@ -296,8 +303,15 @@ def test_no_receipt_url_or_full_contact_in_any_response(client: httpx.Client, se
         if row["phone"]:
             digits = row["phone"]
             secrets |= {digits, "+81" + digits[1:], f"{digits[:3]}-{digits[3:7]}-{digits[7:]}", digits[1:]}
-    paths = ["/", "/campaigns/test-campaign", "/campaigns/test-campaign/chart", "/api/campaigns",
-             "/api/campaigns/test-campaign", "/metrics", "/campaigns/test-campaign?after=1"]
+    paths = [
+        "/",
+        "/campaigns/test-campaign",
+        "/campaigns/test-campaign/chart",
+        "/api/campaigns",
+        "/api/campaigns/test-campaign",
+        "/metrics",
+        "/campaigns/test-campaign?after=1",
+    ]
     paths += [f"/campaigns/test-campaign?status={s.value}" for s in Status]
     paths += [f"/campaigns/test-campaign?channel={c}" for c in ("email", "sms")]
     bodies = [client.get(p).text for p in paths]
@@ -340,8 +354,9 @@ def test_logout_ends_the_session(client: httpx.Client) -> None:
 
 
 def test_dashboard_command_refuses_to_start_without_a_token(dispatcher_cmd: list[str], tmp_path: Path) -> None:
-    result = subprocess.run([*dispatcher_cmd, "dashboard", "--port", "1"], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=60)
+    result = subprocess.run(
+        [*dispatcher_cmd, "dashboard", "--port", "1"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
     assert result.returncode == 2
     assert "DISPATCHER_DASHBOARD_TOKEN" in result.stderr
 
@@ -360,7 +375,7 @@ def test_display_formats_thousands_and_jst() -> None:
 def test_chart_series_remembers_closed_minutes_and_stays_exact(seeded: Seeded) -> None:
     from datetime import timedelta
 
-    from dispatcher import clock
+    from dispatcher.core import clock
     from dispatcher.dashboard.queries import sends_per_minute
     from dispatcher.dashboard.series import SendsPerMinute
 
@@ -381,7 +396,8 @@ def test_chart_series_remembers_closed_minutes_and_stays_exact(seeded: Seeded) -
         assert ledger.claim(delivery_id, now=at) is not None
         assert ledger.move(delivery_id, Status.SENT, actor="worker", now=at) is not None
         # Then it always equals a direct count over the whole range
-        assert series.between(ledger, campaign, since, now) == sends_per_minute(ledger, campaign,
-                                                                                since, now + timedelta(seconds=1))
+        assert series.between(ledger, campaign, since, now) == sends_per_minute(
+            ledger, campaign, since, now + timedelta(seconds=1)
+        )
     counts = series.between(ledger, campaign, since, start + timedelta(minutes=16))
     assert sum(counts.values()) == 25 and max(counts.values()) == 2

@@ -16,8 +16,14 @@ def test_demo_runs_end_to_end_on_embedded_defaults(tmp_path, dispatcher_cmd) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISPATCHER_", "AWS_"))}
     demo_dir = tmp_path / "demo"
     # When the demo runs
-    result = subprocess.run([*dispatcher_cmd, "demo", "--size", "60", "--dir", str(demo_dir)],
-                            capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [*dispatcher_cmd, "demo", "--size", "60", "--dir", str(demo_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
     # Then it exits 0 by itself, every good person has a message in the outbox, bad rows are reported
     assert result.returncode == 0, result.stdout + result.stderr
     emails = list((demo_dir / "outbox" / "email").rglob("*.eml"))

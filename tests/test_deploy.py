@@ -27,7 +27,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from dispatcher.settings import Settings
+from dispatcher.core.settings import Settings
 
 from .services import free_port, missing
 
@@ -421,9 +421,9 @@ def test_the_env_example_names_only_real_settings_and_holds_no_secret() -> None:
 @pytest.fixture
 def dashboard_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The real dashboard (dispatcher's app under uvicorn) over a SQLite ledger, on a free loopback port."""
+    from dispatcher.core.settings import load_settings
     from dispatcher.dashboard import create_app
     from dispatcher.runtime import Runtime
-    from dispatcher.settings import load_settings
 
     from .dashboard_support import serving
 
@@ -468,9 +468,9 @@ def test_healthcheck_http_asks_the_real_dashboard(
 def test_healthcheck_http_fails_when_the_dashboard_cannot_reach_its_ledger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from dispatcher.core.settings import load_settings
     from dispatcher.dashboard import create_app
     from dispatcher.runtime import Runtime
-    from dispatcher.settings import load_settings
 
     from .dashboard_support import serving
 
@@ -491,7 +491,7 @@ def test_healthcheck_finds_the_worker_pool_process(health_module: Any, tmp_path:
     # No process table at all: no pool. (The machine's own /proc may hold other test runs' pools.)
     assert health_module.pool_running(tmp_path) is False
     pool = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)", "-m", "dramatiq", "dispatcher.actors"]
+        [sys.executable, "-c", "import time; time.sleep(30)", "-m", "dramatiq", "dispatcher.sending.actors"]
     )
     try:
         # Until the child has exec'd, its /proc cmdline is still pytest's: wait for the exec, not a fixed time.

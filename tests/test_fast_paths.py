@@ -19,9 +19,12 @@ import pytest
 import redis
 from phonenumbers import PhoneNumberType
 
-from dispatcher import broker, clock, sms
-from dispatcher.campaign import load_campaign
-from dispatcher.contacts import (
+from dispatcher import broker
+from dispatcher.core import clock, sms
+from dispatcher.core.campaign import load_campaign
+from dispatcher.core.privacy import mask_url
+from dispatcher.core.states import Status
+from dispatcher.intake.contacts import (
     FieldError,
     check_amount,
     check_category,
@@ -29,11 +32,9 @@ from dispatcher.contacts import (
     check_receipt_url,
     check_user_id,
 )
+from dispatcher.intake.recipients import MAX_FIELD, validate_row
 from dispatcher.ledger import Ledger
-from dispatcher.privacy import mask_url
-from dispatcher.recipients import MAX_FIELD, validate_row
-from dispatcher.render import SMS_TEXT, Renderer, load_template_sources
-from dispatcher.states import Status
+from dispatcher.sending.render import SMS_TEXT, Renderer, load_template_sources
 
 from .helpers import write_campaign
 
@@ -154,9 +155,23 @@ def _phone_writings(rng: random.Random) -> list[str]:
 def test_phone_shortcut_gives_what_the_full_parse_gives() -> None:
     rng = random.Random(7)
     cases = [
-        *_phone_writings(rng), "090-1234-5678", "09012345678", "+81 90 1234 5678", "+819012345678", "+81-90-1234-5678",
-        "０９０-１２３４-５６７８", "090ー1234ー5678", "090−1234−5678", "070-0123-4567", "080-0000-0000",
-        "0900-123-4567", "050-1234-5678", "020-1234-5678", "03-5244-9370", "0120-479-249", "+1 650 253 0000",
+        *_phone_writings(rng),
+        "090-1234-5678",
+        "09012345678",
+        "+81 90 1234 5678",
+        "+819012345678",
+        "+81-90-1234-5678",
+        "０９０-１２３４-５６７８",
+        "090ー1234ー5678",
+        "090−1234−5678",
+        "070-0123-4567",
+        "080-0000-0000",
+        "0900-123-4567",
+        "050-1234-5678",
+        "020-1234-5678",
+        "03-5244-9370",
+        "0120-479-249",
+        "+1 650 253 0000",
     ]
     for raw in cases:
         assert outcome(check_phone, raw) == outcome(reference_phone, raw), raw
@@ -164,16 +179,37 @@ def test_phone_shortcut_gives_what_the_full_parse_gives() -> None:
 
 def test_url_shortcut_gives_what_urlsplit_gives() -> None:
     cases = [
-        "https://receive.example.jp/r/abc", "HTTPS://Receive.Example.JP/r/abc", "https://receive.example.jp",
-        "https://receive.example.jp/", "https://receive.example.jp/?", "https://receive.example.jp/?t=1",
-        "https://receive.example.jp?t=1", "https://receive.example.jp#x", "https://receive.example.jp/#?t=1",
-        "https://receive.example.jp/#frag?x", "https://receive.example.jp/r?a#b", "https://receive.example.jp:443/r",
-        "https://user@receive.example.jp/r", "https://user:pw@receive.example.jp/r", "https://[::1]/r",
-        "https://receive.example.com/r/x", "https://receive.example.jp./r/x", "http://receive.example.jp/r/x",
-        "https://receive.example.jp/r/%E3%81%82", "https://receive.example.jp/r/a\\b", "https://-/r",
-        "https://receive.example.jp/r/x y", "https://receive.example.jp/r/\x7f", " https://receive.example.jp/r/x ",
-        "https:/receive.example.jp/r", "https:receive.example.jp/r", "https://receive.example.jp/r/あ",
-        "https://receive.example.jp/" + "a" * 2100, "", "ftp://receive.example.jp/r", "https://receive.example.jp//r",
+        "https://receive.example.jp/r/abc",
+        "HTTPS://Receive.Example.JP/r/abc",
+        "https://receive.example.jp",
+        "https://receive.example.jp/",
+        "https://receive.example.jp/?",
+        "https://receive.example.jp/?t=1",
+        "https://receive.example.jp?t=1",
+        "https://receive.example.jp#x",
+        "https://receive.example.jp/#?t=1",
+        "https://receive.example.jp/#frag?x",
+        "https://receive.example.jp/r?a#b",
+        "https://receive.example.jp:443/r",
+        "https://user@receive.example.jp/r",
+        "https://user:pw@receive.example.jp/r",
+        "https://[::1]/r",
+        "https://receive.example.com/r/x",
+        "https://receive.example.jp./r/x",
+        "http://receive.example.jp/r/x",
+        "https://receive.example.jp/r/%E3%81%82",
+        "https://receive.example.jp/r/a\\b",
+        "https://-/r",
+        "https://receive.example.jp/r/x y",
+        "https://receive.example.jp/r/\x7f",
+        " https://receive.example.jp/r/x ",
+        "https:/receive.example.jp/r",
+        "https:receive.example.jp/r",
+        "https://receive.example.jp/r/あ",
+        "https://receive.example.jp/" + "a" * 2100,
+        "",
+        "ftp://receive.example.jp/r",
+        "https://receive.example.jp//r",
     ]
     for raw in cases:
         assert outcome(check_receipt_url, raw, HOSTS) == outcome(reference_url, raw, HOSTS), raw
@@ -185,8 +221,24 @@ def test_user_id_shortcut_gives_what_the_character_scan_gives() -> None:
 
 
 def test_amount_and_category_shortcuts_give_what_the_rules_give() -> None:
-    for raw in ["1500", "0", "000000001", "123456789", "1234567890", "1,500", "1500円", " 1500 ", "１５００", "²",
-                "12.5", "-3", "", "٣", "0x10", "1_000"]:
+    for raw in [
+        "1500",
+        "0",
+        "000000001",
+        "123456789",
+        "1234567890",
+        "1,500",
+        "1500円",
+        " 1500 ",
+        "１５００",
+        "²",
+        "12.5",
+        "-3",
+        "",
+        "٣",
+        "0x10",
+        "1_000",
+    ]:
         assert outcome(check_amount, raw) == outcome(reference_amount, raw), raw
     for raw in ["A", "B", "a", " b ", "Ａ", "C", "", "AB"]:
         assert outcome(check_category, raw) == outcome(reference_category, raw), raw
@@ -196,8 +248,11 @@ def test_undecodable_and_overlong_fields_are_still_named(tmp_path) -> None:
     campaign = load_campaign(write_campaign(tmp_path))
     base = {"user_id": "U1", "email": "a@example.jp", "phone": "", "receipt_url": "https://receive.example.jp/r/x"}
     bad = b"\xff".decode("utf-8", "surrogateescape")
-    for values, field in [({**base, "phone": bad}, "phone"), ({**base, "name": "x" * (MAX_FIELD + 1)}, "name"),
-                          ({**base, "email": "a" * (MAX_FIELD // 2), "phone": "1" * (MAX_FIELD // 2 + 10)}, None)]:
+    for values, field in [
+        ({**base, "phone": bad}, "phone"),
+        ({**base, "name": "x" * (MAX_FIELD + 1)}, "name"),
+        ({**base, "email": "a" * (MAX_FIELD // 2), "phone": "1" * (MAX_FIELD // 2 + 10)}, None),
+    ]:
         if field is None:
             with pytest.raises(FieldError) as caught:
                 validate_row(2, values, campaign)
@@ -221,8 +276,12 @@ def _rendered_by_jinja(renderer: Renderer, fields: dict, url: str) -> str:
     return renderer._render(renderer._sms, renderer.context(fields, url)).strip()
 
 
-URLS = ["https://receive.example.jp/r/abc", "https://receive.example.jp/r/a?b=1&c=<2>\"'",
-        "https://receive.example.jp/{{ x }}/%s/{}", "https://receive.example.jp/" + "z" * 300]
+URLS = [
+    "https://receive.example.jp/r/abc",
+    "https://receive.example.jp/r/a?b=1&c=<2>\"'",
+    "https://receive.example.jp/{{ x }}/%s/{}",
+    "https://receive.example.jp/" + "z" * 300,
+]
 
 
 def test_sms_of_the_shipped_template_is_joined_not_rendered_and_is_the_same(tmp_path) -> None:
@@ -232,18 +291,21 @@ def test_sms_of_the_shipped_template_is_joined_not_rendered_and_is_the_same(tmp_
         assert renderer.sms({"name": "佐藤"}, url) == _rendered_by_jinja(renderer, {"name": "佐藤"}, url)
 
 
-@pytest.mark.parametrize("template", [
-    "{{ name }} {{ receipt_url }}",                          # a per-recipient value
-    "{{ receipt_url | upper }}",                             # a filter on the URL
-    "{% if receipt_url|length > 40 %}long{% endif %}{{ receipt_url }}",
-    "{% set u = receipt_url %}{{ u }}",
-    "{% macro m() %}{{ receipt_url }}{% endmacro %}{{ m() | upper }}",
-    "{{ receipt_url[:20] }}",
-    "{{ [1, 2] | random }} {{ receipt_url }}",
-    "{{ extra.code }} {{ receipt_url }}",
-    "{% for c in receipt_url %}{{ c }}{% endfor %}",
-    "{{ text.missing }} {{ receipt_url }}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ name }} {{ receipt_url }}",  # a per-recipient value
+        "{{ receipt_url | upper }}",  # a filter on the URL
+        "{% if receipt_url|length > 40 %}long{% endif %}{{ receipt_url }}",
+        "{% set u = receipt_url %}{{ u }}",
+        "{% macro m() %}{{ receipt_url }}{% endmacro %}{{ m() | upper }}",
+        "{{ receipt_url[:20] }}",
+        "{{ [1, 2] | random }} {{ receipt_url }}",
+        "{{ extra.code }} {{ receipt_url }}",
+        "{% for c in receipt_url %}{{ c }}{% endfor %}",
+        "{{ text.missing }} {{ receipt_url }}",
+    ],
+)
 def test_templates_that_depend_on_more_than_the_url_are_rendered_every_time(tmp_path, template) -> None:
     renderer = _renderer(tmp_path, template)
     assert renderer._sms_frame is None
@@ -267,8 +329,9 @@ def test_url_printed_twice_or_in_a_campaign_loop_is_joined_exactly(tmp_path) -> 
         assert renderer.sms({}, url) == _rendered_by_jinja(renderer, {}, url)
 
 
-@pytest.mark.parametrize("text", ["hello", "こんにちは", "a" * 160, "a" * 161, "あ" * 70, "あ" * 71, "{}" * 81,
-                                  "😀" * 40, "", "€" * 80])
+@pytest.mark.parametrize(
+    "text", ["hello", "こんにちは", "a" * 160, "a" * 161, "あ" * 70, "あ" * 71, "{}" * 81, "😀" * 40, "", "€" * 80]
+)
 def test_sms_measure_is_length_and_parts(text: str) -> None:
     n = sms.utf16_units(text) if not sms.is_gsm7(text) else sum(2 if ch in "^{}\\[~]|€\f" else 1 for ch in text)
     assert sms.measure(text) == (sms.length(text), sms.parts(text))
@@ -293,7 +356,7 @@ def _queued_messages(client: redis.Redis, queue: str) -> list[dramatiq.Message]:
 
 
 def test_bulk_enqueue_writes_what_dramatiq_writes_and_a_worker_runs_it(redis_url: str) -> None:
-    from dispatcher.actors import send_delivery
+    from dispatcher.sending.actors import send_delivery
 
     rb = broker.install(redis_url)
     client = redis.Redis.from_url(redis_url)
@@ -327,7 +390,7 @@ def test_bulk_enqueue_writes_what_dramatiq_writes_and_a_worker_runs_it(redis_url
 
 
 def test_bulk_enqueue_takes_dramatiqs_path_when_a_middleware_hooks_enqueueing(redis_url: str) -> None:
-    from dispatcher.actors import send_delivery
+    from dispatcher.sending.actors import send_delivery
 
     rb = broker.install(redis_url)
     hooked: list[str] = []
@@ -344,9 +407,19 @@ def test_bulk_enqueue_takes_dramatiqs_path_when_a_middleware_hooks_enqueueing(re
 
 # Ledger ------------------------------------------------------------------------------------------------
 def _row(i: int, **extra: object) -> dict:
-    return {"user_id": f"U{i}", "row_no": i + 1, "channel": "email", "contact": f"u{i}@example.jp",
-            "email": f"u{i}@example.jp", "phone": None, "flags": "", "receipt_url": f"https://receive.example.jp/r/{i}",
-            "fields": {"name": "名前\\\t\"", "amount": i, "extra": {"k": "v"}}, "sms_parts": None, **extra}
+    return {
+        "user_id": f"U{i}",
+        "row_no": i + 1,
+        "channel": "email",
+        "contact": f"u{i}@example.jp",
+        "email": f"u{i}@example.jp",
+        "phone": None,
+        "flags": "",
+        "receipt_url": f"https://receive.example.jp/r/{i}",
+        "fields": {"name": '名前\\\t"', "amount": i, "extra": {"k": "v"}},
+        "sms_parts": None,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -364,7 +437,7 @@ def test_bulk_insert_keeps_the_first_of_each_user_and_the_values(ledger: Ledger)
     assert len(ids) == 3 and ids == sorted(ids)
     got = {d.user_id: d for d in (ledger.get(i) for i in ids)}
     assert got["U1"].contact == "u1@example.jp"
-    assert got["U2"].fields == {"name": "名前\\\t\"", "amount": 2, "extra": {"k": "v"}}
+    assert got["U2"].fields == {"name": '名前\\\t"', "amount": 2, "extra": {"k": "v"}}
     assert got["U3"].flags == "legacy-local-part"
     assert [h["to_status"] for h in ledger.history(ids[0])] == ["queued"]
     assert ledger.counts("test-campaign") == {("email", "queued"): 3}
@@ -383,10 +456,14 @@ def test_bulk_insert_stores_what_a_row_by_row_insert_stores(ledger: Ledger, monk
         [(generic, _)] = ledger._add_rows_generic(conn, "test-campaign", [_row(2)], clock.now(), "enqueue")
     columns = "created_at, updated_at, dispatched_at, fields, flags, phone, sms_parts, status, attempts"
     with ledger.read() as conn:
-        a, b = (conn.execute(text(f"SELECT {columns} FROM deliveries WHERE id = :i"), {"i": i}).one()
-                for i in (bulk, generic))
-        ta, tb = (conn.execute(text("SELECT at, actor, attempt FROM transitions WHERE delivery_id = :i"),
-                               {"i": i}).one() for i in (bulk, generic))
+        a, b = (
+            conn.execute(text(f"SELECT {columns} FROM deliveries WHERE id = :i"), {"i": i}).one()
+            for i in (bulk, generic)
+        )
+        ta, tb = (
+            conn.execute(text("SELECT at, actor, attempt FROM transitions WHERE delivery_id = :i"), {"i": i}).one()
+            for i in (bulk, generic)
+        )
     assert a[:3] == b[:3] and tuple(ta) == tuple(tb)
     assert a[4:] == b[4:]
     assert ledger.get(bulk).fields == _row(1)["fields"] and ledger.get(generic).fields == _row(2)["fields"]
@@ -398,9 +475,21 @@ def test_a_move_from_the_callers_copy_returns_the_row_as_stored(ledger: Ledger) 
     claimed = ledger.claim(d, current=ledger.get(d))
     assert claimed == ledger.get(d) and claimed.status is Status.SENDING and claimed.attempts == 1
     now = clock.now()
-    sent = ledger.move(d, Status.SENT, actor="worker", current=claimed, now=now, values={
-        "provider": "outbox", "provider_message_id": "m-1", "reason": None, "last_event_at": now,
-        "first_sent_at": now, "sms_parts": 2})
+    sent = ledger.move(
+        d,
+        Status.SENT,
+        actor="worker",
+        current=claimed,
+        now=now,
+        values={
+            "provider": "outbox",
+            "provider_message_id": "m-1",
+            "reason": None,
+            "last_event_at": now,
+            "first_sent_at": now,
+            "sms_parts": 2,
+        },
+    )
     assert sent == ledger.get(d) and sent.provider_message_id == "m-1" and sent.first_sent_at == now
     back = ledger.move(d, Status.DELIVERED, actor="feedback", current=sent, values={"not_before": now})
     assert back == ledger.get(d) and back.not_before == now
@@ -419,19 +508,24 @@ def test_a_move_from_an_old_copy_rereads_and_decides_as_before(ledger: Ledger) -
     ledger.move(d, Status.RETRYING, actor="worker", expect=[Status.SENDING], current=first)
     second = ledger.claim(d)
     assert second is not None and second.attempts == 2
-    moved = ledger.move(d, Status.SENT, actor="worker", values={"provider_message_id": "m-2", "provider": "outbox"},
-                        current=first)
+    moved = ledger.move(
+        d, Status.SENT, actor="worker", values={"provider_message_id": "m-2", "provider": "outbox"}, current=first
+    )
     assert moved is not None and moved.status is Status.SENT and moved.provider_message_id == "m-2"
     assert [(h["from_status"], h["to_status"], h["attempt"]) for h in ledger.history(d)] == [
-        (None, "queued", 0), ("queued", "sending", 1), ("sending", "retrying", 1), ("retrying", "sending", 2),
-        ("sending", "sent", 2)]
+        (None, "queued", 0),
+        ("queued", "sending", 1),
+        ("sending", "retrying", 1),
+        ("retrying", "sending", 2),
+        ("sending", "sent", 2),
+    ]
     assert ledger.delivery_for_message("m-2", provider="outbox", channel="email") == (d, 2)
     assert ledger.counts("test-campaign") == {("email", "sent"): 1}
     assert ledger.count_rows("test-campaign") == {("email", "sent"): 1}
 
 
 def test_the_send_read_has_the_campaign_state_and_the_suppression(ledger: Ledger) -> None:
-    from dispatcher.states import Channel
+    from dispatcher.core.states import Channel
 
     [d, e] = ledger.add_deliveries("test-campaign", [_row(1), _row(2)])
     ledger.suppress("u2@example.jp", Channel.EMAIL, "hard bounce", "test")
@@ -451,6 +545,15 @@ def test_the_send_read_has_the_campaign_state_and_the_suppression(ledger: Ledger
 def test_json_of_fields_is_what_json_dumps_writes() -> None:
     from dispatcher.ledger.store import _json_dumps
 
-    for value in [{}, {"name": "佐藤\"\\ 太郎\n", "amount": 1500, "category": "A"}, {"a": True}, {"x": {"y": 1}},
-                  {"n": None}, {"f": 1.5}, {1: 2}, {"big": 10**30, "neg": -3}, ["list"]]:
+    for value in [
+        {},
+        {"name": '佐藤"\\ 太郎\n', "amount": 1500, "category": "A"},
+        {"a": True},
+        {"x": {"y": 1}},
+        {"n": None},
+        {"f": 1.5},
+        {1: 2},
+        {"big": 10**30, "neg": -3},
+        ["list"],
+    ]:
         assert _json_dumps(value) == json.dumps(value)

@@ -11,28 +11,61 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 
+from dispatcher.core.states import Status
 from dispatcher.feedback.apply import receive
 from dispatcher.feedback.events import Kind, parse_record
-from dispatcher.states import Status
 
 from .feedback_helpers import event_json, send_campaign, sns_envelope
 from .helpers import person_rows
 
 
-@pytest.mark.parametrize("name,kind", [
-    ("ses_send", Kind.SENT), ("ses_delivery", Kind.DELIVERED), ("ses_bounce_permanent", Kind.HARD_BOUNCE),
-    ("ses_bounce_transient", Kind.SOFT_BOUNCE), ("ses_complaint", Kind.COMPLAINT), ("ses_reject", Kind.REJECTED),
-    ("ses_delivery_delay", Kind.DELAYED), ("ses_rendering_failure", Kind.REJECTED),
-    ("ses_notification_bounce", Kind.HARD_BOUNCE), ("sms_text_delivered", Kind.DELIVERED),
-    ("sms_text_blocked", Kind.REJECTED), ("sms_text_carrier_unreachable", Kind.UNDELIVERABLE),
-    ("sms_text_ttl_expired", Kind.UNDELIVERABLE), ("sms_text_something_new", Kind.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("ses_send", Kind.SENT),
+        ("ses_delivery", Kind.DELIVERED),
+        ("ses_bounce_permanent", Kind.HARD_BOUNCE),
+        ("ses_bounce_transient", Kind.SOFT_BOUNCE),
+        ("ses_complaint", Kind.COMPLAINT),
+        ("ses_reject", Kind.REJECTED),
+        ("ses_delivery_delay", Kind.DELAYED),
+        ("ses_rendering_failure", Kind.REJECTED),
+        ("ses_notification_bounce", Kind.HARD_BOUNCE),
+        ("sms_text_delivered", Kind.DELIVERED),
+        ("sms_text_blocked", Kind.REJECTED),
+        ("sms_text_carrier_unreachable", Kind.UNDELIVERABLE),
+        ("sms_text_ttl_expired", Kind.UNDELIVERABLE),
+        ("sms_text_something_new", Kind.UNKNOWN),
+    ],
+)
 def test_every_fixture_maps_to_a_kind(name, kind) -> None:
+    from dispatcher.core.states import Channel
     from dispatcher.ledger.store import Delivery
-    from dispatcher.states import Channel
 
-    d = Delivery(7, "c", "u", 2, Channel.EMAIL, "a@example.jp", "a@example.jp", None, "", "https://x/y", {},
-                 Status.SENT, 1, 0, None, "ses", "m-1", None, None, None, None, None)
+    d = Delivery(
+        7,
+        "c",
+        "u",
+        2,
+        Channel.EMAIL,
+        "a@example.jp",
+        "a@example.jp",
+        None,
+        "",
+        "https://x/y",
+        {},
+        Status.SENT,
+        1,
+        0,
+        None,
+        "ses",
+        "m-1",
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
     [event] = parse_record(json.loads(event_json(name, d)))
     assert event.kind is kind
     assert event.message_id == "m-1"
@@ -46,10 +79,17 @@ def test_events_with_duplicates_and_out_of_order_settle_right(rt, tmp_path) -> N
     assert {d.status for d in (d1, d2, d3, d4)} == {Status.SENT}
     ledger = rt.ledger
     # When events arrive duplicated and out of order
-    for name, d in [("ses_delivery", d1), ("ses_send", d1), ("ses_delivery", d1),      # Send after Delivery
-                    ("ses_bounce_permanent", d2), ("ses_delivery", d2),               # stale Delivery
-                    ("ses_delivery", d3), ("ses_complaint", d3),                      # complaint after delivery
-                    ("ses_delivery_delay", d4), ("ses_bounce_transient", d4)]:
+    for name, d in [
+        ("ses_delivery", d1),
+        ("ses_send", d1),
+        ("ses_delivery", d1),  # Send after Delivery
+        ("ses_bounce_permanent", d2),
+        ("ses_delivery", d2),  # stale Delivery
+        ("ses_delivery", d3),
+        ("ses_complaint", d3),  # complaint after delivery
+        ("ses_delivery_delay", d4),
+        ("ses_bounce_transient", d4),
+    ]:
         receive(ledger, parse_record(json.loads(event_json(name, d)))[0], rt.breaker)
     # Then the final states are right, and duplicates changed nothing
     state = {d.user_id: ledger.get(d.id) for d in (d1, d2, d3, d4)}
@@ -81,6 +121,7 @@ def test_an_event_before_its_send_is_kept_and_applied_later(rt, tmp_path) -> Non
         from sqlalchemy import update
 
         from dispatcher.ledger.schema import deliveries
+
         conn.execute(update(deliveries).where(deliveries.c.id == d.id).values(provider_message_id="not-yet-known"))
     assert apply_pending(rt.ledger) == 1
     assert rt.ledger.get(d.id).status is Status.DELIVERED
@@ -93,8 +134,10 @@ def test_an_event_proves_a_send_whose_answer_was_lost(rt, tmp_path) -> None:
         from sqlalchemy import update
 
         from dispatcher.ledger.schema import deliveries, provider_messages
-        conn.execute(update(deliveries).where(deliveries.c.id == d.id)
-                     .values(status="unknown", provider_message_id=None))
+
+        conn.execute(
+            update(deliveries).where(deliveries.c.id == d.id).values(status="unknown", provider_message_id=None)
+        )
         conn.execute(provider_messages.delete())
     lost = rt.ledger.get(d.id)
     # When SES reports the delivery, tagged with our reference
@@ -110,21 +153,27 @@ def test_events_command_drains_sqs(rt, tmp_path, dispatcher_cmd, monkeypatch) ->
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName="ses-events")["QueueUrl"]
     delivered = sns_envelope(event_json("ses_delivery", people[0]))
-    bodies = [delivered, delivered,  # SNS delivers at least once: the same notification twice
-              event_json("ses_bounce_permanent", people[1]),  # raw message delivery
-              sns_envelope(event_json("ses_complaint", people[2])), "this is not json"]
+    bodies = [
+        delivered,
+        delivered,  # SNS delivers at least once: the same notification twice
+        event_json("ses_bounce_permanent", people[1]),  # raw message delivery
+        sns_envelope(event_json("ses_complaint", people[2])),
+        "this is not json",
+    ]
     for body in bodies:
         sqs.send_message(QueueUrl=url, MessageBody=body)
     monkeypatch.setenv("DISPATCHER_FEEDBACK_QUEUE_URL", url)
     # When the consumer drains it
-    result = subprocess.run([*dispatcher_cmd, "events", "--once"], capture_output=True, text=True,
-                            env=os.environ.copy(), timeout=120)
+    result = subprocess.run(
+        [*dispatcher_cmd, "events", "--once"], capture_output=True, text=True, env=os.environ.copy(), timeout=120
+    )
     assert result.returncode == 0, result.stderr
     # Then every message was applied or recorded, then deleted
     assert [rt.ledger.get(d.id).status for d in people] == [Status.DELIVERED, Status.BOUNCED, Status.COMPLAINED]
     assert "duplicates 1" in result.stdout and "not understood 1" in result.stdout
-    left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
-                                                                  "ApproximateNumberOfMessagesNotVisible"])
+    left = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )
     assert all(v == "0" for v in left["Attributes"].values())
     for d in people:
         assert d.contact not in result.stdout + result.stderr
@@ -149,8 +198,11 @@ def _signed(message: dict, key, cert_name: str) -> dict:
 
     from dispatcher.feedback.sns import string_to_sign
 
-    message = {**message, "SignatureVersion": "2",
-               "SigningCertURL": f"https://sns.ap-northeast-1.amazonaws.com/{cert_name}"}
+    message = {
+        **message,
+        "SignatureVersion": "2",
+        "SigningCertURL": f"https://sns.ap-northeast-1.amazonaws.com/{cert_name}",
+    }
     signature = key.sign(string_to_sign(message), padding.PKCS1v15(), hashes.SHA256())
     return {**message, "Signature": base64.b64encode(signature).decode()}
 
@@ -165,9 +217,16 @@ def sns_cert(tmp_path, monkeypatch):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     folder = tmp_path / "certs"
     folder.mkdir()
     cert_name = f"SimpleNotificationService-{os.getpid()}-{id(key)}.pem"
@@ -182,16 +241,25 @@ def test_signed_sns_notification_is_applied_and_a_forged_one_refused(rt, tmp_pat
 
     key, cert_name = sns_cert
     monkeypatch.setenv("DISPATCHER_SNS_TOPIC_ARNS", "arn:aws:sns:ap-northeast-1:1:ses")
-    runtime.use(type(rt)(__import__("dispatcher.settings").settings.load_settings()))
+    runtime.use(type(rt)(__import__("dispatcher.core.settings").settings.load_settings()))
     [d] = send_campaign(runtime.current(), tmp_path, person_rows(1, sms_every=100))
-    message = {"Type": "Notification", "MessageId": "m-1", "TopicArn": "arn:aws:sns:ap-northeast-1:1:ses",
-               "Message": event_json("ses_bounce_permanent", d), "Timestamp": datetime.now(UTC).isoformat()}
+    message = {
+        "Type": "Notification",
+        "MessageId": "m-1",
+        "TopicArn": "arn:aws:sns:ap-northeast-1:1:ses",
+        "Message": event_json("ses_bounce_permanent", d),
+        "Timestamp": datetime.now(UTC).isoformat(),
+    }
     # A forged message (signed by someone else's key / tampered) changes nothing
     tampered = _signed(message, key, cert_name)
     tampered["Message"] = event_json("ses_complaint", d)
     assert handle_sns(json.dumps(tampered).encode(), {})[0] == 403
-    unsigned = {**message, "SignatureVersion": "2", "Signature": "",
-                "SigningCertURL": f"https://sns.ap-northeast-1.amazonaws.com/{cert_name}"}
+    unsigned = {
+        **message,
+        "SignatureVersion": "2",
+        "Signature": "",
+        "SigningCertURL": f"https://sns.ap-northeast-1.amazonaws.com/{cert_name}",
+    }
     assert handle_sns(json.dumps(unsigned).encode(), {})[0] == 403
     evil_cert = _signed(message, key, cert_name)
     evil_cert["SigningCertURL"] = "https://evil.example.com/cert.pem"

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Channel, Status
 from dispatcher.dashboard import create_app
 from dispatcher.ledger.store import Delivery
 from dispatcher.providers.http_sms import sign_receipt
 from dispatcher.runtime import Runtime
-from dispatcher.settings import load_settings
-from dispatcher.states import Channel, Status
 
 from .dashboard_support import TOKEN, serving
 from .feedback_helpers import event_json
@@ -77,8 +77,8 @@ def mark_sent(
 
 @pytest.fixture
 def trust(ledger_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Trust]:
-    from dispatcher.cli import install_runtime
-    from dispatcher.enqueue import enqueue_campaign
+    from dispatcher.cli.common import install_runtime
+    from dispatcher.intake.enqueue import enqueue_campaign
 
     signer = make_signer(tmp_path / "certs")
     for key, value in {
@@ -376,7 +376,7 @@ def test_early_events_are_applied_after_a_batch_send_records_the_message_id(
 ) -> None:
     import threading
 
-    from dispatcher.delivery import deliver_many
+    from dispatcher.sending.delivery import deliver_many
 
     from .test_provider_http_sms import TOKEN as GATEWAY_TOKEN
     from .test_provider_http_sms import Gateway
@@ -425,7 +425,7 @@ def test_waiting_events_are_bounded_oldest_dropped(trust: Trust) -> None:
 
 
 def test_expired_waiting_events_are_never_applied(trust: Trust) -> None:
-    from dispatcher import clock
+    from dispatcher.core import clock
     from dispatcher.feedback.apply import PendingLimits, apply_pending, receive
     from dispatcher.feedback.events import Kind, ProviderEvent
 

@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher import enqueue_campaign
-from dispatcher.errors import ConfigError, InputError
-from dispatcher.recipients import MAX_FIELD, SNIFF_BYTES
+from dispatcher.core.errors import ConfigError, InputError
+from dispatcher.intake.recipients import MAX_FIELD, SNIFF_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 CAMPAIGN = ROOT / "config" / "campaigns" / "regionpay-2023-app.toml"
@@ -47,30 +47,108 @@ INVISIBLE = " \t\r\n\x00\x0b\x0c\u00a0\u3000\ufeff\u200b\u2060" + "".join(chr(c)
 def formula_looking(value: str) -> bool:
     return value.startswith(FORMULA_START) or value.lstrip(INVISIBLE)[:1] in tuple(FORMULA_LOOKALIKES)
 
+
 #: Examples per property (bounded for CI; DISPATCHER_FUZZ_EXAMPLES=5000 for a deeper hunt).
 EXAMPLES = int(os.environ.get("DISPATCHER_FUZZ_EXAMPLES", "250"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=5000, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.large_base_example])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=5000,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
 
 # Cells -----------------------------------------------------------------------------------------------
 PLAUSIBLE = [
-    "U000001", "user1@example.jp", "taro..yamada.@docomo.ne.jp", "a.@ezweb.ne.jp", "not-an-email", "@", "a@b",
-    "090-1234-5678", "09012345678", "+81 90 1234 5678", "０９０－１２３４－５６７８", "03-5244-9370", "0120-479-249",
-    "050-1234-5678", "+1 415 555 2671", "https://receive.example.jp/r/tok1", "http://receive.example.jp/r/x",
-    "https://evil.example/r/x", "https://receive.example.jp/", "https://user:pw@receive.example.jp/r/1",
-    "1,000", "1000円", "-5", "A", "B", "C", "山田太郎", "ﾔﾏﾀﾞ ﾀﾛｳ", "髙﨑①", "〜", "",
+    "U000001",
+    "user1@example.jp",
+    "taro..yamada.@docomo.ne.jp",
+    "a.@ezweb.ne.jp",
+    "not-an-email",
+    "@",
+    "a@b",
+    "090-1234-5678",
+    "09012345678",
+    "+81 90 1234 5678",
+    "０９０－１２３４－５６７８",
+    "03-5244-9370",
+    "0120-479-249",
+    "050-1234-5678",
+    "+1 415 555 2671",
+    "https://receive.example.jp/r/tok1",
+    "http://receive.example.jp/r/x",
+    "https://evil.example/r/x",
+    "https://receive.example.jp/",
+    "https://user:pw@receive.example.jp/r/1",
+    "1,000",
+    "1000円",
+    "-5",
+    "A",
+    "B",
+    "C",
+    "山田太郎",
+    "ﾔﾏﾀﾞ ﾀﾛｳ",
+    "髙﨑①",
+    "〜",
+    "",
 ]
 FORMULAS = [
-    "=cmd|' /C calc'!A0", "=1+2", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\t=1+1", "\r=1+1",
-    '=HYPERLINK("http://evil.example/","click")', "+81 90 1234 5678", "-", "=", "@",
-    "＝cmd|' /C calc'!A0", "＋1", "－2", "＠SUM(A1)", "﹦1", " =1+1", "\u3000=1+1", "\u00a0＝1",
-    "\n=1+1", "\x00=1+1", " \t=1", "\u2003=1", "\u200a+1", "\ufeff=1", "\u200b@SUM(A1)", "\u2060-1", " \u200b ＝1",
+    "=cmd|' /C calc'!A0",
+    "=1+2",
+    "+cmd|' /C calc'!A0",
+    "-2+3",
+    "@SUM(A1:A9)",
+    "\t=1+1",
+    "\r=1+1",
+    '=HYPERLINK("http://evil.example/","click")',
+    "+81 90 1234 5678",
+    "-",
+    "=",
+    "@",
+    "＝cmd|' /C calc'!A0",
+    "＋1",
+    "－2",
+    "＠SUM(A1)",
+    "﹦1",
+    " =1+1",
+    "\u3000=1+1",
+    "\u00a0＝1",
+    "\n=1+1",
+    "\x00=1+1",
+    " \t=1",
+    "\u2003=1",
+    "\u200a+1",
+    "\ufeff=1",
+    "\u200b@SUM(A1)",
+    "\u2060-1",
+    " \u200b ＝1",
 ]
 TRICKS = [
-    "\u202eexe.pdf", "a\u200bb", "\u200b", "\ufeff", "\ufeffuser_id", "ＡＢＣ１２３", "ｕｓｅｒ＠ｅｘａｍｐｌｅ．ｊｐ",
-    "\u3000", "e\u0301", "\x00", "a\x00b", '"', '""', '"quoted"', ",", "a,b", "\r\n", "\n", "\r", "x\ny",
-    "\x1b[31m", "\u2028", "ﾃｽﾄ", "\U0001f600", "\\", "'",
+    "\u202eexe.pdf",
+    "a\u200bb",
+    "\u200b",
+    "\ufeff",
+    "\ufeffuser_id",
+    "ＡＢＣ１２３",
+    "ｕｓｅｒ＠ｅｘａｍｐｌｅ．ｊｐ",
+    "\u3000",
+    "e\u0301",
+    "\x00",
+    "a\x00b",
+    '"',
+    '""',
+    '"quoted"',
+    ",",
+    "a,b",
+    "\r\n",
+    "\n",
+    "\r",
+    "x\ny",
+    "\x1b[31m",
+    "\u2028",
+    "ﾃｽﾄ",
+    "\U0001f600",
+    "\\",
+    "'",
 ]
 HUGE = [MAX_FIELD, MAX_FIELD + 1, MAX_FIELD * 2]
 ASCII_MARK = string.ascii_letters + string.digits + "!#$%&()*/:;<>?[]^_`{|}~"
@@ -80,12 +158,12 @@ common_cell = st.one_of(
     st.sampled_from(FORMULAS),
     st.sampled_from(TRICKS),
     st.text(max_size=12),
-    st.tuples(st.sampled_from(FORMULAS + TRICKS + PLAUSIBLE), st.text(max_size=4),
-              st.sampled_from(FORMULAS + TRICKS)).map("".join),
+    st.tuples(
+        st.sampled_from(FORMULAS + TRICKS + PLAUSIBLE), st.text(max_size=4), st.sampled_from(FORMULAS + TRICKS)
+    ).map("".join),
 )
 #: One cell in 40 is huge (at, just over, and twice the reader's field limit).
-cell = st.integers(0, 39).flatmap(
-    lambda k: st.sampled_from(HUGE).map(lambda n: "A" * n) if k == 0 else common_cell)
+cell = st.integers(0, 39).flatmap(lambda k: st.sampled_from(HUGE).map(lambda n: "A" * n) if k == 0 else common_cell)
 
 
 def surely_not_blank(value: str) -> bool:
@@ -96,8 +174,22 @@ def surely_not_blank(value: str) -> bool:
 
 # The model -------------------------------------------------------------------------------------------
 KNOWN = ["user_id", "email", "phone", "receipt_url", "name", "amount", "inquiry_no", "category"]
-EXTRA_NAMES = ["memo", "=cmd|' /C calc'!A0", "+x", "@y", "-z", "備考", "row", "reason", " ", "", "\ufeffnote",
-               "EMAIL", " user_id ", "ＮＯ"]
+EXTRA_NAMES = [
+    "memo",
+    "=cmd|' /C calc'!A0",
+    "+x",
+    "@y",
+    "-z",
+    "備考",
+    "row",
+    "reason",
+    " ",
+    "",
+    "\ufeffnote",
+    "EMAIL",
+    " user_id ",
+    "ＮＯ",
+]
 
 
 class Model:
@@ -106,8 +198,9 @@ class Model:
     A plain class, not a dataclass, so that hypothesis prints it with the compact ``__repr__``.
     """
 
-    def __init__(self, header: list[str], records: list[list[str] | None], good: dict[int, str], encoding: str,
-                 data: bytes) -> None:
+    def __init__(
+        self, header: list[str], records: list[list[str] | None], good: dict[int, str], encoding: str, data: bytes
+    ) -> None:
         self.header = header
         self.records = records  # None: an empty line written as is
         self.good = good  # row number -> user_id of a row that must be accepted
@@ -119,21 +212,31 @@ class Model:
             return f"<{len(v)} x {v[:1]!r}>" if len(v) > 200 else repr(v)
 
         rows = ["None" if r is None else "[" + ", ".join(short(v) for v in r) + "]" for r in self.records]
-        return (f"Model(encoding={self.encoding!r}, bytes={len(self.data)}, header={self.header!r}, "
-                f"good={self.good!r}, records=[{', '.join(rows)}])")
+        return (
+            f"Model(encoding={self.encoding!r}, bytes={len(self.data)}, header={self.header!r}, "
+            f"good={self.good!r}, records=[{', '.join(rows)}])"
+        )
 
     def normalised_header(self) -> list[str]:
         return [h.strip().lower().lstrip("\ufeff") for h in transcode(self.header, self.encoding)]
 
     def header_is_valid(self) -> bool:
         names = self.normalised_header()
-        return ("user_id" in names and "receipt_url" in names and ("email" in names or "phone" in names)
-                and len(set(names)) == len(names) and all(names))
+        return (
+            "user_id" in names
+            and "receipt_url" in names
+            and ("email" in names or "phone" in names)
+            and len(set(names)) == len(names)
+            and all(names)
+        )
 
     def data_rows(self) -> list[int]:
         """Row numbers (header = 1) of the records the reader must hand on: those not blank."""
-        return [number for number, record in enumerate(self.records, start=2)
-                if record is not None and any(v.strip(" \t") for v in record)]
+        return [
+            number
+            for number, record in enumerate(self.records, start=2)
+            if record is not None and any(v.strip(" \t") for v in record)
+        ]
 
 
 def transcode(values: list[str], encoding: str) -> list[str]:
@@ -170,9 +273,14 @@ def header_names(draw: st.DrawFn) -> list[str]:
 
 def good_row(header: list[str], k: int, with_phone: bool, name: str) -> list[str]:
     values = {
-        "user_id": f"GOOD-{k}", "email": "" if with_phone else f"good{k}@example.jp",
-        "phone": f"090-1234-{k:04d}" if with_phone else "", "receipt_url": f"https://receive.example.jp/r/good{k}",
-        "name": name, "amount": "1000", "inquiry_no": f"Q{k}", "category": "A",
+        "user_id": f"GOOD-{k}",
+        "email": "" if with_phone else f"good{k}@example.jp",
+        "phone": f"090-1234-{k:04d}" if with_phone else "",
+        "receipt_url": f"https://receive.example.jp/r/good{k}",
+        "name": name,
+        "amount": "1000",
+        "inquiry_no": f"Q{k}",
+        "category": "A",
     }
     return [values.get(h.strip().lower(), "") for h in header]
 
@@ -198,8 +306,7 @@ def models(draw: st.DrawFn) -> Model:
                 row[at] = "x" + row[at]
             records.append(row)
         elif kind == "blank":
-            records.append(draw(st.lists(st.sampled_from(["", " ", "\t", "  "]), min_size=1,
-                                         max_size=len(header) + 1)))
+            records.append(draw(st.lists(st.sampled_from(["", " ", "\t", "  "]), min_size=1, max_size=len(header) + 1)))
         else:
             records.append(None)
     quoting = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]))
@@ -278,8 +385,11 @@ def test_generated_lists_are_read_row_for_row_and_never_crash(model: Model) -> N
     # SNIFF_BYTES; a Latin-1 file is read as CP932, so only its ASCII survives for sure; a BOM says UTF-8,
     # so a stray one before a CP932 or Latin-1 file makes its non-ASCII rows undecodable.
     stray_bom = model.data.startswith(codecs.BOM_UTF8) and not model.encoding.startswith("utf-8")
-    recognisable = not stray_bom and (model.encoding.startswith("utf-8") or model.data.isascii() or (
-        model.encoding == "cp932" and len(model.data) <= SNIFF_BYTES))
+    recognisable = not stray_bom and (
+        model.encoding.startswith("utf-8")
+        or model.data.isascii()
+        or (model.encoding == "cp932" and len(model.data) <= SNIFF_BYTES)
+    )
     if recognisable:
         refused = sorted(set(model.good) & set(outcome.reject_rows))
         assert not refused, f"good rows rejected: {refused}"
@@ -296,7 +406,8 @@ def neutral(value: str) -> str:
 @given(st.sampled_from(ENCODINGS), st.binary(max_size=2048), st.booleans())
 def test_arbitrary_bytes_after_a_valid_header_never_crash(encoding: str, body: bytes, bom: bool) -> None:
     header = "user_id,email,phone,receipt_url,name,amount,inquiry_no,category\r\n".encode(
-        "utf-8" if encoding == "utf-8-sig" else encoding)
+        "utf-8" if encoding == "utf-8-sig" else encoding
+    )
     outcome = enqueue_bytes((codecs.BOM_UTF8 if bom else b"") + header + body)
     assert isinstance(outcome, Outcome), f"a valid header was refused: {outcome}"
     check_consistent(outcome)
@@ -313,9 +424,17 @@ def test_arbitrary_bytes_never_crash(data: bytes) -> None:
 
 @pytest.mark.timeout(240)
 @FUZZ
-@given(st.lists(st.dictionaries(st.sampled_from([*KNOWN, "memo", "EMAIL", " user_id "]),
-                                st.one_of(st.none(), cell, st.integers(), st.floats(allow_nan=True)),
-                                min_size=1, max_size=9), max_size=8))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from([*KNOWN, "memo", "EMAIL", " user_id "]),
+            st.one_of(st.none(), cell, st.integers(), st.floats(allow_nan=True)),
+            min_size=1,
+            max_size=9,
+        ),
+        max_size=8,
+    )
+)
 def test_arbitrary_row_dicts_through_the_python_api_never_crash(rows: list[dict]) -> None:
     with tempfile.TemporaryDirectory(prefix="dispatcher-fuzz-") as tmp:
         rejects = Path(tmp) / "rejects.csv"
@@ -333,8 +452,14 @@ def test_a_field_past_the_csv_module_limit_rejects_its_row_and_reading_goes_on(t
     # One field of 1 MiB + 1 (the csv module's limit as the reader sets it), between two good rows
     header = "user_id,email,receipt_url,name\r\n"
     good = "U{0},u{0}@example.jp,https://receive.example.jp/r/t{0},x\r\n"
-    data = (header + good.format(1) + 'U2,u2@example.jp,https://receive.example.jp/r/t2,"' + "A" * ((1 << 20) + 1)
-            + '"\r\n' + good.format(3)).encode()
+    data = (
+        header
+        + good.format(1)
+        + 'U2,u2@example.jp,https://receive.example.jp/r/t2,"'
+        + "A" * ((1 << 20) + 1)
+        + '"\r\n'
+        + good.format(3)
+    ).encode()
     outcome = enqueue_bytes(data)
     assert isinstance(outcome, Outcome)
     check_consistent(outcome)

@@ -7,20 +7,29 @@ from datetime import timedelta
 
 import pytest
 
-from dispatcher import clock
-from dispatcher.campaign import load_campaign
-from dispatcher.errors import IllegalTransition
+from dispatcher.core import clock
+from dispatcher.core.campaign import load_campaign
+from dispatcher.core.errors import IllegalTransition
+from dispatcher.core.states import TRANSITIONS, Status
 from dispatcher.ledger import Ledger
-from dispatcher.render import load_template_sources
-from dispatcher.states import TRANSITIONS, Status
+from dispatcher.sending.render import load_template_sources
 
 from .helpers import write_campaign
 
 
 def make_row(i: int) -> dict:
-    return {"user_id": f"U{i}", "row_no": i + 1, "channel": "email", "contact": f"u{i}@example.jp",
-            "email": f"u{i}@example.jp", "phone": None, "flags": "", "receipt_url": f"https://receive.example.jp/r/{i}",
-            "fields": {"name": "名前"}, "sms_parts": None}
+    return {
+        "user_id": f"U{i}",
+        "row_no": i + 1,
+        "channel": "email",
+        "contact": f"u{i}@example.jp",
+        "email": f"u{i}@example.jp",
+        "phone": None,
+        "flags": "",
+        "receipt_url": f"https://receive.example.jp/r/{i}",
+        "fields": {"name": "名前"},
+        "sms_parts": None,
+    }
 
 
 @pytest.fixture
@@ -47,7 +56,10 @@ def test_every_transition_is_logged_with_attempt(ledger: Ledger) -> None:
     ledger.move(d, Status.SENT, actor="worker", provider_code="ok", values={"provider_message_id": "m-1"})
     history = ledger.history(d)
     assert [(h["from_status"], h["to_status"], h["attempt"]) for h in history] == [
-        (None, "queued", 0), ("queued", "sending", 1), ("sending", "sent", 1)]
+        (None, "queued", 0),
+        ("queued", "sending", 1),
+        ("sending", "sent", 1),
+    ]
     assert ledger.get(d).provider_message_id == "m-1"
 
 
@@ -65,7 +77,7 @@ def test_a_regression_is_refused_not_applied(ledger: Ledger) -> None:
 
 
 def test_state_table_refuses_undeclared_moves() -> None:
-    from dispatcher.states import check
+    from dispatcher.core.states import check
 
     with pytest.raises(IllegalTransition):
         check(Status.DELIVERED, Status.SENT)
@@ -120,7 +132,7 @@ def test_stale_sending_is_found(ledger: Ledger) -> None:
 
 
 def test_suppression_is_global(ledger: Ledger) -> None:
-    from dispatcher.states import Channel
+    from dispatcher.core.states import Channel
 
     assert ledger.suppress("u1@example.jp", Channel.EMAIL, "hard bounce", "test")
     assert not ledger.suppress("u1@example.jp", Channel.EMAIL, "again", "test")
@@ -145,8 +157,13 @@ def test_maintained_counters_match_the_rows(ledger: Ledger) -> None:
         ledger.move(d, Status.DELIVERED, actor="event")
     ledger.move(ids[25], Status.CANCELLED, actor="operator")
     assert ledger.move(ids[0], Status.SENT, actor="worker") is None  # a refused move changes no count
-    expected = {("email", "delivered"): 4, ("email", "sent"): 6, ("email", "sending"): 10,
-                ("email", "queued"): 9, ("email", "cancelled"): 1}
+    expected = {
+        ("email", "delivered"): 4,
+        ("email", "sent"): 6,
+        ("email", "sending"): 10,
+        ("email", "queued"): 9,
+        ("email", "cancelled"): 1,
+    }
     assert ledger.counts("test-campaign") == expected
     assert ledger.count_rows("test-campaign") == expected
     ledger.recount("test-campaign")

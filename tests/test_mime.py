@@ -1,4 +1,4 @@
-"""dispatcher.mime.build_raw: byte for byte what build_message(...).as_bytes() writes, and the providers
+"""dispatcher.sending.mime.build_raw: byte for byte what build_message(...).as_bytes() writes, and the providers
 sending those bytes as they are."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatcher.errors import PermanentError
-from dispatcher.mime import DELIVERY_HEADER, MessageError, build_message, build_raw
+from dispatcher.core.errors import PermanentError
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Channel
 from dispatcher.providers import build
 from dispatcher.providers.base import OutgoingEmail
-from dispatcher.render import Email
-from dispatcher.settings import load_settings
-from dispatcher.states import Channel
+from dispatcher.sending.mime import DELIVERY_HEADER, MessageError, build_message, build_raw
+from dispatcher.sending.render import Email
 
 SENDER = "regionpay_compensation_ml@giftpad.jp"
 SENDER_NAME = "地域クーポン regionPAY 補償事務局"
@@ -331,7 +331,7 @@ def test_the_built_message_parses_back() -> None:
 
 
 def test_the_sender_and_subject_are_folded_once_and_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dispatcher import mime
+    from dispatcher.sending import mime
 
     folded: list[str] = []
     fold = mime._fold
@@ -343,7 +343,7 @@ def test_the_sender_and_subject_are_folded_once_and_kept(monkeypatch: pytest.Mon
 
 
 def test_the_folded_header_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dispatcher import mime
+    from dispatcher.sending import mime
 
     monkeypatch.setattr(mime, "_folded", {})
     for i in range(mime._FOLDED_MAX + 10):
@@ -490,7 +490,7 @@ def test_a_recipient_that_is_not_one_plain_address_is_a_permanent_error_naming_n
 
 def test_the_written_to_header_must_read_back_as_the_contact_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given the address rules loosened (as a future edit or another Python's parser might): a list passes them
-    from dispatcher import mime
+    from dispatcher.sending import mime
 
     monkeypatch.setattr(mime, "_PLAIN_RECIPIENT", re.compile(r".+@.+"))
     two = "taro@example.jp,victim@evil.example"

@@ -12,23 +12,24 @@ import time
 import pytest
 import redis
 
-from dispatcher import operations
-from dispatcher.delivery import deliver
+from dispatcher.core.states import Channel, Status
 from dispatcher.feedback.apply import receive
 from dispatcher.feedback.events import parse_record
-from dispatcher.report import write_report
-from dispatcher.states import Channel, Status
+from dispatcher.operations import control as operations
+from dispatcher.operations.report import write_report
+from dispatcher.sending.delivery import deliver
 
 from .feedback_helpers import event_json, send_campaign
 from .helpers import person_rows, write_campaign, write_csv
 
 
 def test_paused_campaign_sends_nothing_until_resumed(rt, tmp_path, moto) -> None:
-    from dispatcher.enqueue import enqueue_campaign
+    from dispatcher.intake.enqueue import enqueue_campaign
 
     campaign = write_campaign(tmp_path, "p")
-    enqueue_campaign(campaign, person_rows(5, sms_every=100), settings=rt.settings, ledger=rt.ledger,
-                     dispatch=lambda ids: None)
+    enqueue_campaign(
+        campaign, person_rows(5, sms_every=100), settings=rt.settings, ledger=rt.ledger, dispatch=lambda ids: None
+    )
     ids = rt.ledger.in_status("p", [Status.QUEUED])
     operations.pause(rt, "p", who="test")
     for d in ids:
@@ -45,10 +46,15 @@ def test_paused_campaign_sends_nothing_until_resumed(rt, tmp_path, moto) -> None
 
 
 def test_cancel_marks_the_unsent_cancelled(rt, tmp_path) -> None:
-    from dispatcher.enqueue import enqueue_campaign
+    from dispatcher.intake.enqueue import enqueue_campaign
 
-    enqueue_campaign(write_campaign(tmp_path, "c"), person_rows(4, sms_every=100), settings=rt.settings,
-                     ledger=rt.ledger, dispatch=lambda ids: None)
+    enqueue_campaign(
+        write_campaign(tmp_path, "c"),
+        person_rows(4, sms_every=100),
+        settings=rt.settings,
+        ledger=rt.ledger,
+        dispatch=lambda ids: None,
+    )
     first = rt.ledger.in_status("c", [Status.QUEUED])[0]
     deliver(rt, first)
     result = operations.cancel(rt, "c", who="test")
@@ -65,13 +71,13 @@ def test_resend_bounced_via_sms_reaches_the_person_once(rt, tmp_path, moto) -> N
     receive(rt.ledger, parse_record(json.loads(event_json("ses_bounce_permanent", bounced)))[0])
     receive(rt.ledger, parse_record(json.loads(event_json("ses_delivery", delivered)))[0])
     # When the operator resends bounced deliveries via SMS (dry run first)
-    preview = operations.resend(rt, "r", None, statuses=[Status.BOUNCED, Status.DELIVERED], via=Channel.SMS,
-                                dry_run=True)
+    preview = operations.resend(
+        rt, "r", None, statuses=[Status.BOUNCED, Status.DELIVERED], via=Channel.SMS, dry_run=True
+    )
     assert preview.requeued == [bounced.id] and preview.by_channel == {"sms": 1}
     assert rt.ledger.get(bounced.id).status is Status.BOUNCED  # a dry run changes nothing
     dispatched: list[int] = []
-    done = operations.resend(rt, "r", dispatched.extend, statuses=[Status.BOUNCED, Status.DELIVERED],
-                             via=Channel.SMS)
+    done = operations.resend(rt, "r", dispatched.extend, statuses=[Status.BOUNCED, Status.DELIVERED], via=Channel.SMS)
     for d in dispatched:
         deliver(rt, d)
         deliver(rt, d)  # a duplicate broker message changes nothing
@@ -91,8 +97,9 @@ def test_resend_bounced_via_sms_reaches_the_person_once(rt, tmp_path, moto) -> N
     assert rows_out[delivered.user_id]["notified"] == "yes"
     assert rows_out[plain.user_id]["status"] == "sent"
     # The bounced address stays suppressed: resending it by e-mail is refused
-    again = operations.resend(rt, "r", None, statuses=[Status.SENT], channel=Channel.EMAIL, via=Channel.EMAIL,
-                              dry_run=True)
+    again = operations.resend(
+        rt, "r", None, statuses=[Status.SENT], channel=Channel.EMAIL, via=Channel.EMAIL, dry_run=True
+    )
     assert bounced.id not in again.requeued
 
 
@@ -105,14 +112,22 @@ def test_report_accounts_for_every_input_row(tmp_path, redis_url, dispatcher_cmd
     campaign = write_campaign(tmp_path, "rep")
     env = os.environ.copy()
     run = [*dispatcher_cmd]
-    assert subprocess.run([*run, "enqueue", str(campaign), str(recipients)], env=env, capture_output=True,
-                          timeout=60).returncode == 3
-    worker = subprocess.Popen([*run, "worker", "-p", "1", "-t", "4"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    assert (
+        subprocess.run(
+            [*run, "enqueue", str(campaign), str(recipients)], env=env, capture_output=True, timeout=60
+        ).returncode
+        == 3
+    )
+    worker = subprocess.Popen(
+        [*run, "worker", "-p", "1", "-t", "4"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         for _ in range(120):
-            status = json.loads(subprocess.run([*run, "status", "rep", "--json"], env=env, capture_output=True,
-                                               text=True, timeout=60).stdout)
+            status = json.loads(
+                subprocess.run(
+                    [*run, "status", "rep", "--json"], env=env, capture_output=True, text=True, timeout=60
+                ).stdout
+            )
             if status["by_status"].get("sent") == 10:
                 break
             time.sleep(0.5)
@@ -120,8 +135,9 @@ def test_report_accounts_for_every_input_row(tmp_path, redis_url, dispatcher_cmd
         worker.terminate()
         worker.wait(30)
     out = tmp_path / "report.csv"
-    result = subprocess.run([*run, "report", "rep", "--out", str(out)], env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [*run, "report", "rep", "--out", str(out)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     with out.open(encoding="utf-8-sig") as fh:
         reported = list(csv.DictReader(fh))
@@ -143,10 +159,19 @@ def test_flushing_redis_mid_campaign_loses_no_one(tmp_path, redis_url, dispatche
     recipients = write_csv(tmp_path / "list.csv", person_rows(150, sms_every=1000))
     campaign = write_campaign(tmp_path, "flush")
     env = os.environ.copy()
-    assert subprocess.run([*dispatcher_cmd, "enqueue", str(campaign), str(recipients)], env=env,
-                          capture_output=True, timeout=60).returncode == 0
-    worker = subprocess.Popen([*dispatcher_cmd, "worker", "-p", "1", "-t", "4"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert (
+        subprocess.run(
+            [*dispatcher_cmd, "enqueue", str(campaign), str(recipients)], env=env, capture_output=True, timeout=60
+        ).returncode
+        == 0
+    )
+    worker = subprocess.Popen(
+        [*dispatcher_cmd, "worker", "-p", "1", "-t", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         time.sleep(2.5)
         # When Redis loses everything mid-campaign
@@ -157,8 +182,11 @@ def test_flushing_redis_mid_campaign_loses_no_one(tmp_path, redis_url, dispatche
         assert "re-enqueued" in swept.stdout
         status = {}
         for _ in range(120):
-            status = json.loads(subprocess.run([*dispatcher_cmd, "status", "flush", "--json"], env=env,
-                                               capture_output=True, text=True, timeout=60).stdout)
+            status = json.loads(
+                subprocess.run(
+                    [*dispatcher_cmd, "status", "flush", "--json"], env=env, capture_output=True, text=True, timeout=60
+                ).stdout
+            )
             if status["by_status"].get("sent") == 150:
                 break
             time.sleep(0.5)
@@ -173,8 +201,9 @@ def test_flushing_redis_mid_campaign_loses_no_one(tmp_path, redis_url, dispatche
 
 
 @pytest.mark.slow
-def test_worker_pool_survives_a_killed_process_and_never_double_sends(tmp_path, redis_url, dispatcher_cmd,
-                                                                     monkeypatch) -> None:
+def test_worker_pool_survives_a_killed_process_and_never_double_sends(
+    tmp_path, redis_url, dispatcher_cmd, monkeypatch
+) -> None:
     import psutil
 
     monkeypatch.setenv("DISPATCHER_EMAIL_RATE", "40")
@@ -183,23 +212,33 @@ def test_worker_pool_survives_a_killed_process_and_never_double_sends(tmp_path, 
     recipients = write_csv(tmp_path / "list.csv", person_rows(200, sms_every=1000))
     campaign = write_campaign(tmp_path, "kill")
     env = os.environ.copy()
-    subprocess.run([*dispatcher_cmd, "enqueue", str(campaign), str(recipients)], env=env, capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        [*dispatcher_cmd, "enqueue", str(campaign), str(recipients)], env=env, capture_output=True, timeout=60
+    )
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([*dispatcher_cmd, "worker", "-p", "2", "-t", "4"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        [*dispatcher_cmd, "worker", "-p", "2", "-t", "4"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         time.sleep(3)
         # When one Dramatiq worker process is killed with -9
-        children = [p for p in psutil.Process(worker.pid).children(recursive=True)
-                    if "dramatiq" in " ".join(p.cmdline())]
+        children = [
+            p for p in psutil.Process(worker.pid).children(recursive=True) if "dramatiq" in " ".join(p.cmdline())
+        ]
         victims = [p for p in children if p.parent() and p.parent().pid != worker.pid]
         assert victims, "no worker process found"
         victims[0].kill()
         status = {}
         for _ in range(240):
-            status = json.loads(subprocess.run([*dispatcher_cmd, "status", "kill", "--json"], env=env,
-                                               capture_output=True, text=True, timeout=60).stdout)
+            status = json.loads(
+                subprocess.run(
+                    [*dispatcher_cmd, "status", "kill", "--json"], env=env, capture_output=True, text=True, timeout=60
+                ).stdout
+            )
             pending = sum(n for s, n in status["by_status"].items() if s in ("queued", "retrying", "sending"))
             if pending == 0:
                 break

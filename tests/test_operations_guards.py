@@ -12,9 +12,10 @@ import subprocess
 from collections import Counter
 from datetime import timedelta
 
-from dispatcher import clock, operations
-from dispatcher.delivery import deliver
-from dispatcher.states import Channel, Status
+from dispatcher.core import clock
+from dispatcher.core.states import Channel, Status
+from dispatcher.operations import control as operations
+from dispatcher.sending.delivery import deliver
 
 from . import policy_support
 from .faultproxy import FaultProxy

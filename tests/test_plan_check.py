@@ -7,11 +7,11 @@ import os
 import subprocess
 from datetime import datetime, time
 
-from dispatcher.campaign import SmsWindow
-from dispatcher.check import Level, run_checks, sms_route_finding
-from dispatcher.clock import JST
-from dispatcher.plan import finish_time
-from dispatcher.settings import load_settings
+from dispatcher.core.campaign import SmsWindow
+from dispatcher.core.clock import JST
+from dispatcher.core.settings import load_settings
+from dispatcher.operations.check import Level, run_checks, sms_route_finding
+from dispatcher.operations.plan import finish_time
 
 from .helpers import person_rows, write_campaign, write_csv
 
@@ -48,7 +48,7 @@ def test_check_fails_when_rates_cannot_finish_before_send_by(tmp_path, monkeypat
     # Given 300 e-mails at one every 100 s and a send_by one hour away
     from datetime import timedelta
 
-    from dispatcher import clock
+    from dispatcher.core import clock
 
     monkeypatch.setenv("DISPATCHER_EMAIL_RATE", "0.01")
     soon = (clock.now() + timedelta(hours=1)).replace(microsecond=0).isoformat()
@@ -72,8 +72,13 @@ def test_check_command_exit_codes(tmp_path, dispatcher_cmd) -> None:
     env = {k: v for k, v in os.environ.items()}
     good = write_campaign(tmp_path)
     recipients = write_csv(tmp_path / "list.csv", person_rows(20))
-    result = subprocess.run([*dispatcher_cmd, "check", str(good), str(recipients), "--json"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [*dispatcher_cmd, "check", str(good), str(recipients), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     findings = {f["check"]: f for f in json.loads(result.stdout)}
     assert findings["recipients"]["result"] == "pass"
@@ -81,7 +86,8 @@ def test_check_command_exit_codes(tmp_path, dispatcher_cmd) -> None:
     # A campaign whose templates use an unknown variable fails the check
     broken = tmp_path / "templates" / "compensation" / "sms.txt"
     broken.write_text("{{ no_such_variable }} {{ receipt_url }}", encoding="utf-8")
-    result = subprocess.run([*dispatcher_cmd, "check", str(good), str(recipients)],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [*dispatcher_cmd, "check", str(good), str(recipients)], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.returncode == 1
     assert "no_such_variable" in result.stdout

@@ -21,15 +21,15 @@ import boto3
 import pytest
 import redis
 
-from dispatcher import clock
-from dispatcher.clock import JST
-from dispatcher.delivery import deliver
-from dispatcher.enqueue import enqueue_campaign
+from dispatcher.core import clock
+from dispatcher.core.clock import JST
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import PENDING, Status
+from dispatcher.intake.enqueue import enqueue_campaign
 from dispatcher.ledger import Ledger
-from dispatcher.ratelimit import Limit, RateLimiter
 from dispatcher.runtime import Runtime
-from dispatcher.settings import load_settings
-from dispatcher.states import PENDING, Status
+from dispatcher.sending.delivery import deliver
+from dispatcher.sending.ratelimit import Limit, RateLimiter
 
 from .faultproxy import FaultProxy
 from .helpers import person_rows, write_campaign, write_csv
@@ -73,8 +73,12 @@ def enqueue_rows(cmd: list[str], tmp_path: Path, campaign_id: str, rows: list[di
 @contextmanager
 def worker(cmd: list[str], log_path: Path, processes: int = 2, threads: int = 8) -> Iterator[subprocess.Popen]:
     with log_path.open("w") as log_file:
-        process = subprocess.Popen([*cmd, "worker", "--processes", str(processes), "--threads", str(threads)],
-                                   stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+        process = subprocess.Popen(
+            [*cmd, "worker", "--processes", str(processes), "--threads", str(threads)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
         try:
             yield process
         finally:
@@ -132,7 +136,8 @@ def moto_counts(moto) -> Counter[str]:
 # Rate cap ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_rate_cap_holds_in_every_sliding_second_across_processes_and_threads(
-        tmp_path, aws, proxy, moto, dispatcher_cmd, monkeypatch) -> None:
+    tmp_path, aws, proxy, moto, dispatcher_cmd, monkeypatch
+) -> None:
     # Given a global cap of 20 emails/s and 160 emails queued
     cap, n = 20, 160
     monkeypatch.setenv("DISPATCHER_EMAIL_RATE", str(cap))
@@ -153,8 +158,10 @@ def test_rate_cap_holds_in_every_sliding_second_across_processes_and_threads(
     peak = proxy.max_in_window(1.0, "ses")
     rate = proxy.achieved_rate(1.0, "ses")
     times = proxy.accepted_times("ses")
-    print(f"\nrate cap {cap}/s, {n} emails, 2×8 workers: max sends in a sliding second {peak}, "
-          f"achieved {rate:.2f}/s ({rate / cap:.1%} of the cap) over {times[-1] - times[0]:.2f}s")
+    print(
+        f"\nrate cap {cap}/s, {n} emails, 2×8 workers: max sends in a sliding second {peak}, "
+        f"achieved {rate:.2f}/s ({rate / cap:.1%} of the cap) over {times[-1] - times[0]:.2f}s"
+    )
     assert peak <= cap
     assert rate >= 0.4 * cap
 
@@ -179,7 +186,8 @@ def test_a_send_counts_against_the_cap_from_its_slot_until_a_window_after_its_ca
 @pytest.mark.slow
 @pytest.mark.parametrize(("throttle", "server_errors"), [(0.3, 0.0), (0.3, 0.2)], ids=["throttle", "throttle+5xx"])
 def test_a_throttling_and_failing_provider_still_gets_everyone_exactly_once(
-        tmp_path, aws, proxy, moto, dispatcher_cmd, monkeypatch, throttle, server_errors) -> None:
+    tmp_path, aws, proxy, moto, dispatcher_cmd, monkeypatch, throttle, server_errors
+) -> None:
     # Given a provider that throttles 30 % of send calls (and, in one run, fails with 5xx on top)
     monkeypatch.setenv("DISPATCHER_RETRY_BASE_SECONDS", "0.2")
     monkeypatch.setenv("DISPATCHER_RETRY_MAX_SECONDS", "1")
@@ -210,8 +218,9 @@ def test_a_throttling_and_failing_provider_still_gets_everyone_exactly_once(
     assert sum(d.attempts for d in by_contact.values()) == calls
     assert max(d.attempts for d in by_contact.values()) > 1
     # And throttling is retried quietly: never logged as a warning or an error
-    throttle_lines = [line for line in log_path.read_text().splitlines()
-                      if "TooManyRequestsException" in line or "Throttling" in line]
+    throttle_lines = [
+        line for line in log_path.read_text().splitlines() if "TooManyRequestsException" in line or "Throttling" in line
+    ]
     assert throttle_lines
     assert not [line for line in throttle_lines if "WARNING" in line or "ERROR" in line]
 
@@ -219,7 +228,8 @@ def test_a_throttling_and_failing_provider_still_gets_everyone_exactly_once(
 # Permanent rejects -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_permanently_rejected_recipients_are_attempted_once_and_fail_with_the_provider_code(
-        tmp_path, aws, proxy, moto, dispatcher_cmd) -> None:
+    tmp_path, aws, proxy, moto, dispatcher_cmd
+) -> None:
     rows = person_rows(30)  # 20 emails, 10 SMS
     rejected = {contact(rows[0]), contact(rows[1]), contact(rows[2])}  # two emails and one phone
     assert {r["phone"] for r in rows[:3]} == {"", rows[2]["phone"]}
@@ -234,7 +244,9 @@ def test_permanently_rejected_recipients_are_attempted_once_and_fail_with_the_pr
 
     assert counts == {("email", "sent"): 18, ("email", "failed"): 2, ("sms", "sent"): 9, ("sms", "failed"): 1}
     assert status_json(dispatcher_cmd, "reject") == {
-        "campaign": "reject", "total": 30, "by_status": {"failed": 3, "sent": 27},
+        "campaign": "reject",
+        "total": 30,
+        "by_status": {"failed": 3, "sent": 27},
         "by_channel": {"email": {"failed": 2, "sent": 18}, "sms": {"failed": 1, "sent": 9}},
     }
     attempts = proxy.attempt_counts()
@@ -260,7 +272,8 @@ def test_permanently_rejected_recipients_are_attempted_once_and_fail_with_the_pr
 # Lost answers ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_an_answer_lost_after_the_provider_accepted_is_unknown_and_never_resent(
-        tmp_path, aws, proxy, moto, dispatcher_cmd) -> None:
+    tmp_path, aws, proxy, moto, dispatcher_cmd
+) -> None:
     rows = person_rows(12)  # 8 emails, 4 SMS
     lost = {contact(rows[0]), contact(rows[2])}  # one email, one phone
     proxy.drop_after_forward = lost
@@ -274,8 +287,7 @@ def test_an_answer_lost_after_the_provider_accepted_is_unknown_and_never_resent(
         time.sleep(3)
         after = wait_settled(aws, "lost", timeout=1)
 
-    assert counts == after == {("email", "sent"): 7, ("email", "unknown"): 1, ("sms", "sent"): 3,
-                               ("sms", "unknown"): 1}
+    assert counts == after == {("email", "sent"): 7, ("email", "unknown"): 1, ("sms", "sent"): 3, ("sms", "unknown"): 1}
     assert status_json(dispatcher_cmd, "lost")["by_status"] == {"sent": 10, "unknown": 2}
     # The provider has each lost-answer message exactly once: the client did not retry it either
     assert moto_counts(moto) == Counter({contact(r): 1 for r in rows})
@@ -301,11 +313,13 @@ def in_process(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
     rt.close()
 
 
-def enqueue_in_process(rt: Runtime, tmp_path: Path, campaign_id: str, rows: list[dict[str, str]],
-                       **campaign: str) -> dict[str, int]:
+def enqueue_in_process(
+    rt: Runtime, tmp_path: Path, campaign_id: str, rows: list[dict[str, str]], **campaign: str
+) -> dict[str, int]:
     """Enqueue without a broker; returns the delivery id per contact."""
-    path = write_campaign(tmp_path, campaign_id, deadline="2023-05-31T23:59:59+09:00",
-                          window='["09:00", "20:00"]', **campaign)
+    path = write_campaign(
+        tmp_path, campaign_id, deadline="2023-05-31T23:59:59+09:00", window='["09:00", "20:00"]', **campaign
+    )
     ids: list[int] = []
     result = enqueue_campaign(path, rows, settings=rt.settings, ledger=rt.ledger, dispatch=ids.extend)
     assert (result.accepted, result.rejected) == (len(rows), 0)
@@ -397,18 +411,19 @@ def test_an_sms_whose_window_opens_only_after_send_by_expires(tmp_path, in_proce
 
 def test_circuit_breaker_pauses_a_campaign_with_too_many_permanent_failures(aws, proxy, tmp_path) -> None:
     # Given 120 people of whom 10 % are refused for good by the provider, a 5 % threshold after 100 attempts
-    from dispatcher import operations
-    from dispatcher.delivery import deliver
-    from dispatcher.enqueue import enqueue_campaign
+    from dispatcher.core.settings import load_settings
+    from dispatcher.intake.enqueue import enqueue_campaign
+    from dispatcher.operations import control as operations
     from dispatcher.runtime import Runtime
-    from dispatcher.settings import load_settings
+    from dispatcher.sending.delivery import deliver
 
     rows = person_rows(120, sms_every=EMAIL_ONLY)
     proxy.reject = {r["email"] for i, r in enumerate(rows) if i % 10 == 5}
     rt = Runtime(load_settings())
     try:
-        enqueue_campaign(write_campaign(tmp_path, "brk"), rows, settings=rt.settings, ledger=rt.ledger,
-                         dispatch=lambda ids: None)
+        enqueue_campaign(
+            write_campaign(tmp_path, "brk"), rows, settings=rt.settings, ledger=rt.ledger, dispatch=lambda ids: None
+        )
         # When the workers go through the list
         for delivery_id in rt.ledger.in_status("brk", [Status.QUEUED]):
             deliver(rt, delivery_id)
@@ -432,8 +447,7 @@ def test_circuit_breaker_pauses_a_campaign_with_too_many_permanent_failures(aws,
         rt.close()
 
 
-def test_a_send_waiting_for_its_rate_slot_has_not_claimed_its_delivery(tmp_path, aws, proxy, moto,
-                                                                        monkeypatch) -> None:
+def test_a_send_waiting_for_its_rate_slot_has_not_claimed_its_delivery(tmp_path, aws, proxy, moto, monkeypatch) -> None:
     import threading
 
     # Given a cap of one e-mail a second, and one e-mail just sent
@@ -441,8 +455,11 @@ def test_a_send_waiting_for_its_rate_slot_has_not_claimed_its_delivery(tmp_path,
     rt = Runtime(load_settings())
     try:
         clock.start_at(jst(2023, 4, 5, 10, 0))
-        ids = list(enqueue_in_process(rt, tmp_path, "slot", person_rows(2, sms_every=100),
-                                       send_by="2023-05-28T20:00:00+09:00").values())
+        ids = list(
+            enqueue_in_process(
+                rt, tmp_path, "slot", person_rows(2, sms_every=100), send_by="2023-05-28T20:00:00+09:00"
+            ).values()
+        )
         assert deliver(rt, ids[0]).status is Status.SENT
 
         # When the next one waits for its slot

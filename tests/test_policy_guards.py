@@ -18,13 +18,13 @@ from datetime import timedelta
 import pytest
 import redis
 
-from dispatcher import clock
 from dispatcher.broker import keys
-from dispatcher.delivery import deliver
-from dispatcher.policy import Limits
-from dispatcher.settings import load_settings
-from dispatcher.states import Channel, Status
-from dispatcher.sweep import sweep
+from dispatcher.core import clock
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Channel, Status
+from dispatcher.operations.sweep import sweep
+from dispatcher.sending.delivery import deliver
+from dispatcher.sending.policy import Limits
 
 from . import policy_support
 from .faultproxy import FaultProxy, max_in_window

@@ -1,4 +1,4 @@
-"""Masking of personal data and receipt URLs (SPEC §7, README "Privacy"): dispatcher.privacy."""
+"""Masking of personal data and receipt URLs (SPEC §7, README "Privacy"): dispatcher.core.privacy."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.privacy import (
+from dispatcher.core.privacy import (
     RedactingFilter,
     mask_contact,
     mask_email,
@@ -223,7 +223,7 @@ def test_message_with_a_literal_percent_survives_redaction(captured: tuple[loggi
 
 
 def test_two_numbers_side_by_side_are_both_masked() -> None:
-    from dispatcher.privacy import redact
+    from dispatcher.core.privacy import redact
 
     text = redact("+819012345678 080-1111-2222 / +81 90 3333 4444")
     for digits in ("9012345678", "1111-2222", "080-1111", "3333 4444"):
@@ -317,7 +317,7 @@ def _after(secret: str, glue: str) -> str:
 def test_every_unbounded_repetition_in_the_redaction_patterns_is_possessive() -> None:
     # Given the combined pattern redact() runs (bench/redaction.py measures its time; a unit test may not
     # time, so it checks the two properties that make the scan linear)
-    from dispatcher import privacy
+    from dispatcher.core import privacy
 
     tree = re_parser.parse(privacy._SECRETS.pattern)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatcher.csvout import SafeCsvWriter
-from dispatcher.demo import DEMO_MARKER, prepare_directory
-from dispatcher.errors import ConfigError
+from dispatcher.cli.demo import DEMO_MARKER, prepare_directory
+from dispatcher.core.csvout import SafeCsvWriter
+from dispatcher.core.errors import ConfigError
 
 from .helpers import person_rows, write_campaign, write_csv
 
@@ -124,9 +124,9 @@ def test_python_api_under_umask_022_uses_a_running_commands_redis_and_creates_pr
 ) -> None:
     # Given a private Redis started on the data directory as a running dispatcher command would, umask 022
     import dispatcher
+    from dispatcher.broker.embedded import EmbeddedRedis
+    from dispatcher.core.settings import load_settings
     from dispatcher.ledger import Ledger
-    from dispatcher.redis_server import EmbeddedRedis
-    from dispatcher.settings import load_settings
 
     settings = load_settings()
     server = EmbeddedRedis(settings.data_dir / "redis")
@@ -232,7 +232,7 @@ def test_csv_output_refuses_a_symbolic_link_at_the_target_path(tmp_path) -> None
 
 def test_report_command_refuses_a_symbolic_link_with_exit_2(tmp_path, dispatcher_cmd) -> None:
     # Given a campaign in the ledger and a symbolic link at the report's path
-    from dispatcher.enqueue import enqueue_campaign
+    from dispatcher.intake.enqueue import enqueue_campaign
 
     enqueue_campaign(write_campaign(tmp_path, "link"), person_rows(2), dispatch=lambda ids: None)
     victim = tmp_path / "victim.txt"
@@ -257,9 +257,9 @@ def test_outbox_files_are_private_under_umask_022(tmp_path, umask_022) -> None:
     # Given the outbox providers writing into a folder that does not exist yet, umask 022
     from datetime import UTC, datetime
 
+    from dispatcher.core.settings import load_settings
     from dispatcher.providers.base import OutgoingEmail, OutgoingSms
     from dispatcher.providers.outbox import EmailOutbox, SmsOutbox
-    from dispatcher.settings import load_settings
 
     settings = load_settings(outbox_dir=tmp_path / "box")
     url = "https://receive.example.jp/r/x"

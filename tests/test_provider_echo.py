@@ -12,11 +12,11 @@ from urllib.parse import quote
 
 import pytest
 
-from dispatcher.delivery import deliver
-from dispatcher.enqueue import enqueue_campaign
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Status
+from dispatcher.intake.enqueue import enqueue_campaign
 from dispatcher.runtime import Runtime
-from dispatcher.settings import load_settings
-from dispatcher.states import Status
+from dispatcher.sending.delivery import deliver
 
 from .helpers import person_rows, write_campaign
 from .test_provider_smtp import SmtpServer

@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher import clock
-from dispatcher.errors import AmbiguousOutcome, ConfigError, PermanentError, Throttled, TransientError
+from dispatcher.core import clock
+from dispatcher.core.errors import AmbiguousOutcome, ConfigError, PermanentError, Throttled, TransientError
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Channel, Status
 from dispatcher.feedback.events import Kind
 from dispatcher.providers import build
 from dispatcher.providers.base import OutgoingSms
@@ -33,8 +35,6 @@ from dispatcher.providers.http_sms import (
     sign_receipt,
     verify_receipt_signature,
 )
-from dispatcher.settings import load_settings
-from dispatcher.states import Channel, Status
 
 from .helpers import write_campaign, write_csv
 from .services import free_port
@@ -76,9 +76,14 @@ class GatewayHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         mode = self.server.mode
-        record = {"path": self.path, "auth": self.headers.get("Authorization"), "json": json.loads(body),
-                  "content_type": self.headers.get("Content-Type"), "peer": self.client_address,
-                  "answered": None}
+        record = {
+            "path": self.path,
+            "auth": self.headers.get("Authorization"),
+            "json": json.loads(body),
+            "content_type": self.headers.get("Content-Type"),
+            "peer": self.client_address,
+            "answered": None,
+        }
         with self.server.lock:
             self.server.requests.append(record)
             number = len(self.server.requests)
@@ -250,12 +255,15 @@ def test_nothing_listening_is_transient() -> None:
     assert info.value.code == "ConnectError"
 
 
-@pytest.mark.parametrize(("url", "token", "names"), [
-    (None, TOKEN, "DISPATCHER_SMS_GATEWAY_URL"),
-    ("ftp://gw.example.jp/send", TOKEN, "DISPATCHER_SMS_GATEWAY_URL"),
-    ("http://gw.example.jp/send", TOKEN, "DISPATCHER_SMS_GATEWAY_URL"),  # a bearer token in clear text
-    ("https://gw.example.jp/send", None, "DISPATCHER_SMS_GATEWAY_TOKEN"),
-])
+@pytest.mark.parametrize(
+    ("url", "token", "names"),
+    [
+        (None, TOKEN, "DISPATCHER_SMS_GATEWAY_URL"),
+        ("ftp://gw.example.jp/send", TOKEN, "DISPATCHER_SMS_GATEWAY_URL"),
+        ("http://gw.example.jp/send", TOKEN, "DISPATCHER_SMS_GATEWAY_URL"),  # a bearer token in clear text
+        ("https://gw.example.jp/send", None, "DISPATCHER_SMS_GATEWAY_TOKEN"),
+    ],
+)
 def test_settings_are_checked_at_start(url: str | None, token: str | None, names: str) -> None:
     with pytest.raises(ConfigError) as info:
         HttpGatewaySms(load_settings(sms_gateway_url=url, sms_gateway_token=token))
@@ -280,16 +288,19 @@ def test_a_good_signature_is_accepted() -> None:
     assert sign_receipt(body, SECRET) == header
 
 
-@pytest.mark.parametrize("forge", [
-    lambda body, header: (body.replace(b"failed", b"delivered"), header),   # body changed after signing
-    lambda body, header: (body, gateway_signs(body, "guessed-secret")),      # signed with another secret
-    lambda body, header: (body, header.removeprefix("sha256=")),            # no scheme
-    lambda body, header: (body, "sha1=" + header.removeprefix("sha256=")),  # wrong scheme
-    lambda body, header: (body, header[:-2]),                               # truncated
-    lambda body, header: (body, ""),
-    lambda body, header: (body, None),
-    lambda body, header: (body, "sha256=ｆｆ"),                              # non-ASCII
-])
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda body, header: (body.replace(b"failed", b"delivered"), header),  # body changed after signing
+        lambda body, header: (body, gateway_signs(body, "guessed-secret")),  # signed with another secret
+        lambda body, header: (body, header.removeprefix("sha256=")),  # no scheme
+        lambda body, header: (body, "sha1=" + header.removeprefix("sha256=")),  # wrong scheme
+        lambda body, header: (body, header[:-2]),  # truncated
+        lambda body, header: (body, ""),
+        lambda body, header: (body, None),
+        lambda body, header: (body, "sha256=ｆｆ"),  # non-ASCII
+    ],
+)
 def test_a_forged_signature_is_refused(forge: Any) -> None:
     body = json.dumps({"id": "gw-0001", "status": "failed"}).encode()
     forged_body, forged_header = forge(body, gateway_signs(body))
@@ -303,19 +314,39 @@ def test_no_secret_configured_verifies_nothing() -> None:
 
 
 def test_receipts_map_onto_delivery_states() -> None:
-    body = json.dumps([
-        {"id": "gw-1", "reference": "42.1", "status": "delivered", "code": "000", "at": "2023-04-05T10:00:03+09:00"},
-        {"id": "gw-2", "reference": "43.2", "status": "failed", "code": "E31", "at": "2023-04-05T01:00:04Z"},
-        {"id": "gw-3", "reference": "44.1", "status": "expired", "at": "2023-04-05T10:00:05"},
-        {"id": 4, "reference": "45.1", "status": "REJECTED"},
-        {"id": "gw-5", "status": "buffered", "to": "+819012345678"},
-        {"id": "gw-6", "reference": "46.1", "status": "sent"},
-    ]).encode()
+    body = json.dumps(
+        [
+            {
+                "id": "gw-1",
+                "reference": "42.1",
+                "status": "delivered",
+                "code": "000",
+                "at": "2023-04-05T10:00:03+09:00",
+            },
+            {"id": "gw-2", "reference": "43.2", "status": "failed", "code": "E31", "at": "2023-04-05T01:00:04Z"},
+            {"id": "gw-3", "reference": "44.1", "status": "expired", "at": "2023-04-05T10:00:05"},
+            {"id": 4, "reference": "45.1", "status": "REJECTED"},
+            {"id": "gw-5", "status": "buffered", "to": "+819012345678"},
+            {"id": "gw-6", "reference": "46.1", "status": "sent"},
+        ]
+    ).encode()
     receipts = parse_receipt(body)
-    assert [r.status for r in receipts] == [Status.DELIVERED, Status.FAILED, Status.FAILED, Status.FAILED, None,
-                                            Status.SENT]
-    assert [r.kind for r in receipts] == [Kind.DELIVERED, Kind.UNDELIVERABLE, Kind.UNDELIVERABLE, Kind.REJECTED,
-                                          Kind.UNKNOWN, Kind.SENT]
+    assert [r.status for r in receipts] == [
+        Status.DELIVERED,
+        Status.FAILED,
+        Status.FAILED,
+        Status.FAILED,
+        None,
+        Status.SENT,
+    ]
+    assert [r.kind for r in receipts] == [
+        Kind.DELIVERED,
+        Kind.UNDELIVERABLE,
+        Kind.UNDELIVERABLE,
+        Kind.REJECTED,
+        Kind.UNKNOWN,
+        Kind.SENT,
+    ]
     assert [r.delivery_id for r in receipts] == [42, 43, 44, 45, None, 46]
     assert [r.message_id for r in receipts] == ["gw-1", "gw-2", "gw-3", "4", "gw-5", "gw-6"]
     assert receipts[0].at is not None and receipts[1].at is not None
@@ -325,8 +356,17 @@ def test_receipts_map_onto_delivery_states() -> None:
     assert parse_receipt(b'{"id": "x", "status": "delivered"}')[0].code is None
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"status": "delivered"}', b'{"id": "x"}', b"[1]",
-                                  b'{"id": "x", "status": "delivered", "at": "yesterday"}', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"status": "delivered"}',
+        b'{"id": "x"}',
+        b"[1]",
+        b'{"id": "x", "status": "delivered", "at": "yesterday"}',
+        b"\xff\xfe",
+    ],
+)
 def test_unreadable_receipts_are_refused(body: bytes) -> None:
     with pytest.raises(ReceiptError):
         parse_receipt(body)
@@ -335,30 +375,67 @@ def test_unreadable_receipts_are_refused(body: bytes) -> None:
 
 
 def test_receipts_become_provider_events_for_the_feedback_pipeline() -> None:
-    body = json.dumps([
-        {"id": "gw-1", "reference": "42.1", "status": "delivered", "code": "000", "at": "2023-04-05T10:00:03+09:00"},
-        {"id": "gw-2", "status": "expired"},
-    ]).encode()
+    body = json.dumps(
+        [
+            {
+                "id": "gw-1",
+                "reference": "42.1",
+                "status": "delivered",
+                "code": "000",
+                "at": "2023-04-05T10:00:03+09:00",
+            },
+            {"id": "gw-2", "status": "expired"},
+        ]
+    ).encode()
     delivered, expired = receipt_events(body)
     assert (delivered.source, delivered.kind, delivered.message_id, delivered.reference, delivered.code) == (
-        "http-gateway", Kind.DELIVERED, "gw-1", "42.1", "000")
+        "http-gateway",
+        Kind.DELIVERED,
+        "gw-1",
+        "42.1",
+        "000",
+    )
     assert delivered.at == datetime(2023, 4, 5, 1, 0, 3, tzinfo=UTC)
     assert (expired.kind, expired.event_type, expired.reference, expired.recipient) == (
-        Kind.UNDELIVERABLE, "expired", None, None)
+        Kind.UNDELIVERABLE,
+        "expired",
+        None,
+        None,
+    )
     assert abs((expired.at - clock.now()).total_seconds()) < 5  # no time given: when we heard of it
 
 
 # A campaign through the CLI ---------------------------------------------------------------------
 
 PEOPLE = [
-    {"user_id": "S001", "name": "佐藤 太郎", "email": "", "phone": "090-1111-2222",
-     "receipt_url": "https://receive.example.jp/r/s001"},
-    {"user_id": "S002", "name": "高橋 健", "email": "", "phone": "０８０－３３３３－４４４４",
-     "receipt_url": "https://receive.example.jp/r/s002"},
-    {"user_id": "S003", "name": "田中 美咲", "email": "", "phone": "+81 70 5555 6666",
-     "receipt_url": "https://receive.example.jp/r/s003"},
-    {"user_id": "E001", "name": "鈴木 花子", "email": "hanako@ezweb.ne.jp", "phone": "",
-     "receipt_url": "https://receive.example.jp/r/e001"},
+    {
+        "user_id": "S001",
+        "name": "佐藤 太郎",
+        "email": "",
+        "phone": "090-1111-2222",
+        "receipt_url": "https://receive.example.jp/r/s001",
+    },
+    {
+        "user_id": "S002",
+        "name": "高橋 健",
+        "email": "",
+        "phone": "０８０－３３３３－４４４４",
+        "receipt_url": "https://receive.example.jp/r/s002",
+    },
+    {
+        "user_id": "S003",
+        "name": "田中 美咲",
+        "email": "",
+        "phone": "+81 70 5555 6666",
+        "receipt_url": "https://receive.example.jp/r/s003",
+    },
+    {
+        "user_id": "E001",
+        "name": "鈴木 花子",
+        "email": "hanako@ezweb.ne.jp",
+        "phone": "",
+        "receipt_url": "https://receive.example.jp/r/e001",
+    },
 ]
 NUMBERS = {"S001": "+819011112222", "S002": "+818033334444", "S003": "+817055556666"}
 
@@ -370,7 +447,7 @@ def cli(cmd: list[str], *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def private_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A Redis server of this test's own: no other test run's workers can take (or flush) its messages."""
-    from dispatcher.redis_server import EmbeddedRedis
+    from dispatcher.broker.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "redis", persistent=False)
     url = server.start()
@@ -381,7 +458,11 @@ def private_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 @pytest.mark.slow
 def test_a_campaign_sends_each_sms_once_through_the_gateway(
-    tmp_path: Path, gateway: Gateway, private_redis: str, dispatcher_cmd: list[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    gateway: Gateway,
+    private_redis: str,
+    dispatcher_cmd: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a campaign with three SMS people and one e-mail person, and the http route to our gateway
     monkeypatch.setenv("DISPATCHER_SMS_PROVIDER", "http")
@@ -396,8 +477,12 @@ def test_a_campaign_sends_each_sms_once_through_the_gateway(
     swept = cli(dispatcher_cmd, "sweep")
     assert "re-enqueued 4" in swept.stdout, swept.stdout + swept.stderr
     with (tmp_path / "worker.log").open("w") as log:
-        worker = subprocess.Popen([*dispatcher_cmd, "worker", "--processes", "1", "--threads", "4"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        worker = subprocess.Popen(
+            [*dispatcher_cmd, "worker", "--processes", "1", "--threads", "4"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
         try:
             deadline = time.monotonic() + 60
             while True:

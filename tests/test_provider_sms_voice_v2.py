@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from dispatcher import clock
-from dispatcher.errors import PermanentError, ProviderError, Throttled, TransientError
+from dispatcher.core import clock
+from dispatcher.core.errors import PermanentError, ProviderError, Throttled, TransientError
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Channel
 from dispatcher.providers import build
 from dispatcher.providers.base import OutgoingSms
 from dispatcher.providers.sms_voice_v2 import TTL_MAX, SmsVoiceV2
-from dispatcher.settings import load_settings
-from dispatcher.states import Channel
 
 from .conftest import AWS_ENV
 from .services import free_port
@@ -105,25 +105,40 @@ def test_sender_id_is_used_when_there_is_no_origination_number(aws_offline: None
     monkeypatch.setenv("DISPATCHER_SMS_SENDER_ID", "REGIONPAY")
     provider = build(Channel.SMS, load_settings())
     assert isinstance(provider, SmsVoiceV2)
-    params = {"DestinationPhoneNumber": NUMBER, "OriginationIdentity": "REGIONPAY", "MessageBody": TEXT,
-              "MessageType": "TRANSACTIONAL", "TimeToLive": 600, "Context": {"delivery": "42.1"}}
+    params = {
+        "DestinationPhoneNumber": NUMBER,
+        "OriginationIdentity": "REGIONPAY",
+        "MessageBody": TEXT,
+        "MessageType": "TRANSACTIONAL",
+        "TimeToLive": 600,
+        "Context": {"delivery": "42.1"},
+    }
     with Stubber(provider.client) as stubber:
         stubber.add_response("send_text_message", {"MessageId": "mid-0003"}, params)
         provider.send(sms(timedelta(minutes=10, seconds=0.5)))
         stubber.assert_no_pending_responses()
 
 
-@pytest.mark.parametrize(("code", "status", "error"), [
-    ("ThrottlingException", 400, Throttled),
-    ("ValidationException", 400, PermanentError),
-    ("ConflictException", 400, PermanentError),  # e.g. the number opted out
-    ("ServiceQuotaExceededException", 402, TransientError),  # spend limit: an operator lifts it
-    ("InternalServerException", 500, TransientError),
-])
-def test_service_errors_map_to_our_vocabulary(provider: SmsVoiceV2, stub: Stubber, code: str, status: int,
-                                              error: type[ProviderError]) -> None:
-    stub.add_client_error("send_text_message", service_error_code=code, http_status_code=status,
-                          service_message=f"refused {NUMBER}", expected_params=expected(3600))
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        ("ThrottlingException", 400, Throttled),
+        ("ValidationException", 400, PermanentError),
+        ("ConflictException", 400, PermanentError),  # e.g. the number opted out
+        ("ServiceQuotaExceededException", 402, TransientError),  # spend limit: an operator lifts it
+        ("InternalServerException", 500, TransientError),
+    ],
+)
+def test_service_errors_map_to_our_vocabulary(
+    provider: SmsVoiceV2, stub: Stubber, code: str, status: int, error: type[ProviderError]
+) -> None:
+    stub.add_client_error(
+        "send_text_message",
+        service_error_code=code,
+        http_status_code=status,
+        service_message=f"refused {NUMBER}",
+        expected_params=expected(3600),
+    )
     with pytest.raises(error) as info:
         provider.send(sms(timedelta(hours=1, seconds=0.5)))
     assert type(info.value) is error

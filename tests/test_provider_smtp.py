@@ -18,15 +18,22 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from dispatcher import clock
-from dispatcher.errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled, TransientError
-from dispatcher.mime import DELIVERY_HEADER, build_message, build_raw
+from dispatcher.core import clock
+from dispatcher.core.errors import (
+    AmbiguousOutcome,
+    ConfigError,
+    PermanentError,
+    ProviderError,
+    Throttled,
+    TransientError,
+)
+from dispatcher.core.settings import Settings, load_settings
+from dispatcher.core.states import Channel
 from dispatcher.providers import build
 from dispatcher.providers.base import OutgoingEmail
 from dispatcher.providers.smtp import SmtpEmail, SmtpTarget, _message_id
-from dispatcher.render import Email
-from dispatcher.settings import Settings, load_settings
-from dispatcher.states import Channel
+from dispatcher.sending.mime import DELIVERY_HEADER, build_message, build_raw
+from dispatcher.sending.render import Email
 
 from .services import free_port
 
@@ -76,8 +83,9 @@ class SmtpServer:
     def __init__(self, **kwargs: Any) -> None:
         self.mailbox = Mailbox()
         self.port = free_port()
-        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port,
-                                     server_hostname="mx.test", **kwargs)
+        self.controller = Controller(
+            self.mailbox, hostname="127.0.0.1", port=self.port, server_hostname="mx.test", **kwargs
+        )
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()
@@ -101,8 +109,14 @@ def smtp_settings(url: str, **overrides: Any) -> Settings:
 def outgoing(to: str, ref: str = "7.1") -> OutgoingEmail:
     settings = load_settings()
     text = f"受取URL: https://receive.example.jp/r/{ref}\n期限: 2023年5月31日\n"
-    message = build_message(Email(SUBJECT, text, None), to=to, sender=settings.email_sender,
-                            sender_name="地域クーポン regionPAY 補償事務局", delivery_ref=ref, sent_at=clock.now())
+    message = build_message(
+        Email(SUBJECT, text, None),
+        to=to,
+        sender=settings.email_sender,
+        sender_name="地域クーポン regionPAY 補償事務局",
+        delivery_ref=ref,
+        sent_at=clock.now(),
+    )
     return OutgoingEmail(ref, "camp", to, message)
 
 
@@ -135,9 +149,14 @@ def test_sends_the_raw_bytes_as_built(server: SmtpServer) -> None:
     settings = load_settings()
     sent = []
     for i, html in enumerate([None, "<p>受取URL</p>"], start=1):
-        raw = build_raw(Email(SUBJECT, f"受取URL: https://receive.example.jp/r/{i}\n", html), to=LEGACY,
-                        sender=settings.email_sender, sender_name="補償事務局", delivery_ref=f"{i}.1",
-                        sent_at=clock.now())
+        raw = build_raw(
+            Email(SUBJECT, f"受取URL: https://receive.example.jp/r/{i}\n", html),
+            to=LEGACY,
+            sender=settings.email_sender,
+            sender_name="補償事務局",
+            delivery_ref=f"{i}.1",
+            sent_at=clock.now(),
+        )
         sent.append(OutgoingEmail(f"{i}.1", "camp", LEGACY, raw))
     # When they are sent
     results = [provider.send(o) for o in sent]
@@ -155,8 +174,13 @@ def test_the_message_id_read_from_the_bytes_is_the_parsed_one(ref: str) -> None:
     # Whatever its length (a long Message-ID goes to a line of its own), the cheap scan of the raw header
     # block finds what parsing the whole message finds
     settings = load_settings()
-    fields: dict[str, Any] = {"to": LEGACY, "sender": settings.email_sender, "sender_name": "補償事務局",
-                              "delivery_ref": ref, "sent_at": clock.now()}
+    fields: dict[str, Any] = {
+        "to": LEGACY,
+        "sender": settings.email_sender,
+        "sender_name": "補償事務局",
+        "delivery_ref": ref,
+        "sent_at": clock.now(),
+    }
     for html in (None, "<p>x</p>"):
         raw = build_raw(Email(SUBJECT, "Message-ID: <not-this@body>\n", html), **fields)
         message = build_message(Email(SUBJECT, "Message-ID: <not-this@body>\n", html), **fields)
@@ -164,8 +188,7 @@ def test_the_message_id_read_from_the_bytes_is_the_parsed_one(ref: str) -> None:
         expected = str(from_raw.message["Message-ID"]).strip().strip("<>")
         assert _message_id(from_raw, b"250 queued as Q1") == expected
         assert expected.endswith(f".{ref}@giftpad.jp")
-        assert _message_id(OutgoingEmail(ref, "camp", LEGACY, message), b"") == \
-            str(message["Message-ID"]).strip("<>")
+        assert _message_id(OutgoingEmail(ref, "camp", LEGACY, message), b"") == str(message["Message-ID"]).strip("<>")
 
 
 def test_without_a_message_id_the_queue_id_is_the_result() -> None:
@@ -173,20 +196,22 @@ def test_without_a_message_id_the_queue_id_is_the_result() -> None:
     assert _message_id(OutgoingEmail("7.1", "camp", "b@example.jp", raw), b"250 2.0.0 Ok: queued as 4QX7c") == "4QX7c"
 
 
-@pytest.mark.parametrize("raw", [
-    b"From: a@example.jp\r\nmessage-id:\r\n <folded@example.jp>\r\nSubject: x\r\n\r\nbody\r\n",
-    b"From: a@b\r\nMessage-ID: <a.b@\r\n example.jp>\r\n\r\nx",
-    b"Message-ID:   <x@y> (comment)  \r\nMessage-ID: <second@y>\r\n\r\n",
-    b"Subject: a\nMessage-ID: <lf-only@y>\n\nbody",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"From: a@example.jp\r\nmessage-id:\r\n <folded@example.jp>\r\nSubject: x\r\n\r\nbody\r\n",
+        b"From: a@b\r\nMessage-ID: <a.b@\r\n example.jp>\r\n\r\nx",
+        b"Message-ID:   <x@y> (comment)  \r\nMessage-ID: <second@y>\r\n\r\n",
+        b"Subject: a\nMessage-ID: <lf-only@y>\n\nbody",
+    ],
+)
 def test_the_message_id_scan_agrees_with_the_parser_on_odd_headers(raw: bytes) -> None:
     parsed = email.message_from_bytes(raw, policy=policy.SMTP)["Message-ID"]
     assert _message_id(OutgoingEmail("7.1", "camp", "b@example.jp", raw), b"") == str(parsed).strip().strip("<>")
 
 
 def test_reuses_one_connection_and_recycles_it_after_n_messages(server: SmtpServer) -> None:
-    provider = build(Channel.EMAIL, smtp_settings(f"smtp://127.0.0.1:{server.port}",
-                                                  smtp_messages_per_connection=3))
+    provider = build(Channel.EMAIL, smtp_settings(f"smtp://127.0.0.1:{server.port}", smtp_messages_per_connection=3))
     for i in range(7):
         provider.send(outgoing(f"user{i}@example.jp", f"{i}.1"))
     # Three messages per session, and each full session was ended with QUIT
@@ -220,16 +245,23 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_losing_th
     assert server.mailbox.sessions() == [1, 1]
 
 
-@pytest.mark.parametrize(("where", "reply", "error", "code"), [
-    ("rcpt", "421 4.7.0 Too many messages, try again later", Throttled, "421"),
-    ("rcpt", "451 4.7.1 Rate limited", Throttled, "451"),
-    ("rcpt", "452 4.5.3 Too many recipients", Throttled, "452"),
-    ("rcpt", "450 4.2.0 <{to}>: Recipient address rejected: greylisted", TransientError, "450"),
-    ("rcpt", "550 5.1.1 <{to}>: Recipient address rejected: User unknown", PermanentError, "550"),
-    ("data", "554 5.7.1 Message refused", PermanentError, "554"),
-])
+@pytest.mark.parametrize(
+    ("where", "reply", "error", "code"),
+    [
+        ("rcpt", "421 4.7.0 Too many messages, try again later", Throttled, "421"),
+        ("rcpt", "451 4.7.1 Rate limited", Throttled, "451"),
+        ("rcpt", "452 4.5.3 Too many recipients", Throttled, "452"),
+        ("rcpt", "450 4.2.0 <{to}>: Recipient address rejected: greylisted", TransientError, "450"),
+        ("rcpt", "550 5.1.1 <{to}>: Recipient address rejected: User unknown", PermanentError, "550"),
+        ("data", "554 5.7.1 Message refused", PermanentError, "554"),
+    ],
+)
 def test_reply_codes_map_to_retry_or_fail(
-    server: SmtpServer, where: str, reply: str, error: type[ProviderError], code: str,
+    server: SmtpServer,
+    where: str,
+    reply: str,
+    error: type[ProviderError],
+    code: str,
 ) -> None:
     provider = build(Channel.EMAIL, smtp_settings(f"smtp://127.0.0.1:{server.port}"))
     setattr(server.mailbox, f"{where}_reply", reply)
@@ -298,18 +330,22 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -355,7 +391,9 @@ def test_implicit_tls(tls: ssl.SSLContext) -> None:
 
 
 def test_an_untrusted_certificate_is_refused_before_anything_is_sent(
-    tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    tls: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     (tmp_path / "other").mkdir()
     other, _ = self_signed(tmp_path / "other")
@@ -371,21 +409,34 @@ def test_an_untrusted_certificate_is_refused_before_anything_is_sent(
 # DISPATCHER_SMTP_URL ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("smtp://mail.example.jp", SmtpTarget("plain", "mail.example.jp", 25)),
-    ("smtp://127.0.0.1:2525", SmtpTarget("plain", "127.0.0.1", 2525)),
-    ("smtp+starttls://u%40x:p%3Aw@mail.example.jp", SmtpTarget("starttls", "mail.example.jp", 587, "u@x", "p:w")),
-    ("SMTPS://user:pw@[::1]:4650", SmtpTarget("tls", "::1", 4650, "user", "pw")),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://mail.example.jp", SmtpTarget("plain", "mail.example.jp", 25)),
+        ("smtp://127.0.0.1:2525", SmtpTarget("plain", "127.0.0.1", 2525)),
+        ("smtp+starttls://u%40x:p%3Aw@mail.example.jp", SmtpTarget("starttls", "mail.example.jp", 587, "u@x", "p:w")),
+        ("SMTPS://user:pw@[::1]:4650", SmtpTarget("tls", "::1", 4650, "user", "pw")),
+    ],
+)
 def test_smtp_url_parsing(url: str, expected: SmtpTarget) -> None:
     assert SmtpTarget.from_url(url) == expected
 
 
-@pytest.mark.parametrize("url", [
-    None, "", "mail.example.jp:25", "http://mail.example.jp", "smtp://", "smtp://host:99999",
-    "smtp://user:topsecret@mail.example.jp", "smtps://user@mail.example.jp", "smtp://host/path",
-    "smtp+starttls://user:topsecret@host:port",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        None,
+        "",
+        "mail.example.jp:25",
+        "http://mail.example.jp",
+        "smtp://",
+        "smtp://host:99999",
+        "smtp://user:topsecret@mail.example.jp",
+        "smtps://user@mail.example.jp",
+        "smtp://host/path",
+        "smtp+starttls://user:topsecret@host:port",
+    ],
+)
 def test_a_malformed_smtp_url_is_a_config_error_naming_the_setting(url: str | None) -> None:
     with pytest.raises(ConfigError) as info:
         SmtpEmail(load_settings(smtp_url=url))

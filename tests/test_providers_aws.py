@@ -8,21 +8,26 @@ from email import policy
 import boto3
 import pytest
 
-from dispatcher import clock
-from dispatcher.errors import PermanentError, TransientError
-from dispatcher.mime import build_message, build_raw
+from dispatcher.core import clock
+from dispatcher.core.errors import PermanentError, TransientError
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Channel
 from dispatcher.providers import build
 from dispatcher.providers.base import OutgoingEmail, OutgoingSms
-from dispatcher.render import Email
-from dispatcher.settings import load_settings
-from dispatcher.states import Channel
+from dispatcher.sending.mime import build_message, build_raw
+from dispatcher.sending.render import Email
 
 
 def outgoing_email(to: str = "taro..yamada.@docomo.ne.jp") -> OutgoingEmail:
     settings = load_settings()
-    message = build_message(Email("件名です", "本文 https://receive.example.jp/r/abc\n", None), to=to,
-                            sender=settings.email_sender, sender_name="補償事務局", delivery_ref="7.1",
-                            sent_at=clock.now())
+    message = build_message(
+        Email("件名です", "本文 https://receive.example.jp/r/abc\n", None),
+        to=to,
+        sender=settings.email_sender,
+        sender_name="補償事務局",
+        delivery_ref="7.1",
+        sent_at=clock.now(),
+    )
     return OutgoingEmail("7.1", "camp", to, message)
 
 
@@ -57,9 +62,14 @@ def test_ses_sends_the_raw_bytes_as_built(moto, monkeypatch) -> None:
     monkeypatch.setenv("DISPATCHER_EMAIL_PROVIDER", "ses")
     boto3.client("sesv2").create_email_identity(EmailIdentity="giftpad.jp")
     settings = load_settings()
-    raw = build_raw(Email("件名です", "本文 https://receive.example.jp/r/abc\n", "<p>本文</p>"),
-                    to="taro..yamada.@docomo.ne.jp", sender=settings.email_sender, sender_name="補償事務局",
-                    delivery_ref="7.1", sent_at=clock.now())
+    raw = build_raw(
+        Email("件名です", "本文 https://receive.example.jp/r/abc\n", "<p>本文</p>"),
+        to="taro..yamada.@docomo.ne.jp",
+        sender=settings.email_sender,
+        sender_name="補償事務局",
+        delivery_ref="7.1",
+        sent_at=clock.now(),
+    )
     # When SES sends it
     result = build(Channel.EMAIL, settings).send(OutgoingEmail("7.1", "camp", "taro..yamada.@docomo.ne.jp", raw))
     # Then SES got those very bytes

@@ -1,4 +1,4 @@
-"""Reading and validating eligible-user lists (SPEC §5, §9): dispatcher.recipients and enqueue (dry run).
+"""Reading and validating eligible-user lists (SPEC §5, §9): dispatcher.intake.recipients and enqueue (dry run).
 
 Every test here runs ``enqueue_campaign(..., dry_run=True)`` or the reader itself: no ledger, no broker.
 """
@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from dispatcher import enqueue_campaign
-from dispatcher.campaign import load_campaign
-from dispatcher.enqueue import EnqueueResult
-from dispatcher.errors import InputError
-from dispatcher.recipients import RecipientFile, detect_encoding, validate_row
-from dispatcher.states import Channel
+from dispatcher.core.campaign import load_campaign
+from dispatcher.core.errors import InputError
+from dispatcher.core.states import Channel
+from dispatcher.intake.enqueue import EnqueueResult
+from dispatcher.intake.recipients import RecipientFile, detect_encoding, validate_row
 
 from .helpers import write_campaign
 
@@ -33,8 +33,16 @@ def url(token: str) -> str:
 
 
 def person(user_id: str, **values: str) -> dict[str, str]:
-    row = {"user_id": user_id, "name": f"利用者{user_id}", "email": f"{user_id.lower()}@example.jp", "phone": "",
-           "receipt_url": url(f"tok-{user_id}"), "amount": "1,000", "category": "A", "inquiry_no": ""}
+    row = {
+        "user_id": user_id,
+        "name": f"利用者{user_id}",
+        "email": f"{user_id.lower()}@example.jp",
+        "phone": "",
+        "receipt_url": url(f"tok-{user_id}"),
+        "amount": "1,000",
+        "category": "A",
+        "inquiry_no": "",
+    }
     row.update(values)
     return row
 
@@ -262,7 +270,9 @@ def test_duplicate_header_columns_are_an_input_error(tmp_path: Path, header: str
 
 
 def test_empty_header_column_name_is_an_input_error(tmp_path: Path) -> None:
-    path = write(tmp_path / "list.csv", "user_id,email,,receipt_url\r\nU1,a@example.jp,x,https://receive.example.jp/r/1\r\n")
+    path = write(
+        tmp_path / "list.csv", "user_id,email,,receipt_url\r\nU1,a@example.jp,x,https://receive.example.jp/r/1\r\n"
+    )
 
     with pytest.raises(InputError, match="empty column name"):
         run(path)
@@ -294,8 +304,12 @@ def test_header_only_file_has_no_rows_and_an_empty_rejects_file(tmp_path: Path) 
 # duplicates ------------------------------------------------------------------------------------
 def test_duplicate_user_id_within_the_file_rejects_later_rows(tmp_path: Path) -> None:
     # Given U1 on row 2 (spanning two lines), again on row 4 and written full-width on row 5
-    rows = [person("U1", name="山田\n太郎"), person("U2"), person("U1", email="other@example.jp"),
-            person("Ｕ１", receipt_url=url("full-width"))]
+    rows = [
+        person("U1", name="山田\n太郎"),
+        person("U2"),
+        person("U1", email="other@example.jp"),
+        person("Ｕ１", receipt_url=url("full-width")),
+    ]
     path = write(tmp_path / "list.csv", csv_text(rows))
 
     result = run(path)
@@ -372,8 +386,14 @@ def test_prefer_decides_the_channel_when_both_contacts_are_present(tmp_path: Pat
 
 def test_validate_row_normalises_contacts_and_picks_the_preferred_channel(tmp_path: Path) -> None:
     campaign = load_campaign(write_campaign(tmp_path, prefer="sms"))
-    values = person("U1", email="Taro..Yamada.@DOCOMO.ne.jp", phone="０９０-１２３４-５６７８", amount="１，２３４円",
-                    category="b", inquiry_no=" Q-1 ")
+    values = person(
+        "U1",
+        email="Taro..Yamada.@DOCOMO.ne.jp",
+        phone="０９０-１２３４-５６７８",
+        amount="１，２３４円",
+        category="b",
+        inquiry_no=" Q-1 ",
+    )
     values["shop"] = "松江店"
 
     accepted = validate_row(2, values, campaign)
@@ -382,8 +402,13 @@ def test_validate_row_normalises_contacts_and_picks_the_preferred_channel(tmp_pa
     assert accepted.contact == accepted.phone == "+819012345678"
     assert accepted.email == "Taro..Yamada.@docomo.ne.jp"
     assert accepted.flags == ["legacy-local-part"]
-    assert accepted.fields == {"name": "利用者U1", "amount": 1234, "category": "B", "inquiry_no": "Q-1",
-                               "extra": {"shop": "松江店"}}
+    assert accepted.fields == {
+        "name": "利用者U1",
+        "amount": 1234,
+        "category": "B",
+        "inquiry_no": "Q-1",
+        "extra": {"shop": "松江店"},
+    }
 
 
 def test_legacy_carrier_address_is_accepted_and_counted_as_flagged(tmp_path: Path) -> None:
@@ -547,17 +572,19 @@ def test_enqueue_campaign_with_no_rows_accepts_nothing() -> None:
     assert (result.rows, result.accepted, result.rejected) == (0, 0, 0)
 
 
-@pytest.mark.parametrize("cell", ["＝cmd|' /C calc'!A0", "＋81 90", "－1", "＠SUM(A1)", "﹦1", " =1+1", "\u3000=1",
-                                  "\u00a0＝1", "=1", "\t1", "\r1"])
+@pytest.mark.parametrize(
+    "cell",
+    ["＝cmd|' /C calc'!A0", "＋81 90", "－1", "＠SUM(A1)", "﹦1", " =1+1", "\u3000=1", "\u00a0＝1", "=1", "\t1", "\r1"],
+)
 def test_formula_cells_are_neutralised_also_in_full_width_and_after_spaces(cell: str) -> None:
-    from dispatcher.csvout import neutralise
+    from dispatcher.core.csvout import neutralise
 
     assert neutralise(cell) == "'" + cell
 
 
 @pytest.mark.parametrize("cell", ["山田", "090-1234-5678", "ＡＢＣ", "　山田", " a", "", "'=1"])
 def test_ordinary_cells_are_written_as_they_are(cell: str) -> None:
-    from dispatcher.csvout import neutralise
+    from dispatcher.core.csvout import neutralise
 
     assert neutralise(cell) == cell
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatcher.redis_server import DISABLED_COMMANDS, SERVER_FILE, EmbeddedRedis
+from dispatcher.broker.embedded import DISABLED_COMMANDS, SERVER_FILE, EmbeddedRedis
 
 
 def _binaries() -> list[str]:

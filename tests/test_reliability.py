@@ -24,13 +24,13 @@ import boto3
 import pytest
 import redis
 
-from dispatcher import clock
-from dispatcher.delivery import deliver
-from dispatcher.enqueue import enqueue_campaign
+from dispatcher.core import clock
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Status
+from dispatcher.intake.enqueue import enqueue_campaign
 from dispatcher.ledger import Ledger
 from dispatcher.runtime import Runtime
-from dispatcher.settings import load_settings
-from dispatcher.states import Status
+from dispatcher.sending.delivery import deliver
 
 from .chaos import (
     CHAOS_SIZE,
@@ -106,20 +106,29 @@ def sqlite_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def sweep_figures(log: str) -> dict[str, int]:
     swept = [int(n) for n in re.findall(r"sweep: \d+ stale sends marked unknown, \d+ expired, (\d+) re-enqueued", log)]
     marked = [int(n) for n in re.findall(r"sweep: (\d+) stale sends marked unknown", log)]
-    return {"sweeps_that_found_work": len(swept), "re_enqueued_by_sweeps": sum(swept),
-            "marked_unknown_by_sweeps": sum(marked)}
+    return {
+        "sweeps_that_found_work": len(swept),
+        "re_enqueued_by_sweeps": sum(swept),
+        "marked_unknown_by_sweeps": sum(marked),
+    }
 
 
 # A fault before the provider call ---------------------------------------------------
 def test_a_send_that_cannot_reach_the_rate_limiter_is_handed_back_not_stranded(
-        tmp_path, redis_url, sqlite_ledger, monkeypatch) -> None:
+    tmp_path, redis_url, sqlite_ledger, monkeypatch
+) -> None:
     # Given an e-mail under a global rate limit, and Redis (where the limit lives) gone
     monkeypatch.setenv("DISPATCHER_EMAIL_RATE", "10")
     monkeypatch.setenv("DISPATCHER_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     down = Runtime(load_settings())
     ids: list[int] = []
-    enqueue_campaign(write_campaign(tmp_path, "norate"), person_rows(1, sms_every=10**9), settings=down.settings,
-                     ledger=down.ledger, dispatch=ids.extend)
+    enqueue_campaign(
+        write_campaign(tmp_path, "norate"),
+        person_rows(1, sms_every=10**9),
+        settings=down.settings,
+        ledger=down.ledger,
+        dispatch=ids.extend,
+    )
     # When a worker asks for its rate slot (which comes before the claim)
     with pytest.raises(redis.ConnectionError):
         deliver(down, ids[0])
@@ -144,7 +153,8 @@ def test_a_send_that_cannot_reach_the_rate_limiter_is_handed_back_not_stranded(
 @pytest.mark.slow
 @pytest.mark.timeout(budget(CHAOS_SIZE, 15, floor=400))
 def test_killing_worker_processes_never_double_sends_and_loses_no_one(
-        tmp_path, redis_url, sqlite_ledger, recovery, dispatcher_cmd, monkeypatch) -> None:
+    tmp_path, redis_url, sqlite_ledger, recovery, dispatcher_cmd, monkeypatch
+) -> None:
     # Given a campaign of CHAOS_SIZE people (two e-mails per SMS), paced to last long enough for every kill
     # (each needs the pool up KILL_AFTER seconds, and a few to start) and at least 30 s
     n = CHAOS_SIZE
@@ -169,8 +179,11 @@ def test_killing_worker_processes_never_double_sends_and_loses_no_one(
             assert pool.alive, "dispatcher worker itself must keep running\n" + pool.log()[-3000:]
             done = by_status.get("sent", 0) + by_status.get("unknown", 0)
             # (never in the last tenth: each kill must leave work for the restarted pool)
-            if (len(pool.killed) < KILLS and last_kill_done < done < 0.9 * n
-                    and pool.kill_one(PROCESSES, min_age=KILL_AFTER)):
+            if (
+                len(pool.killed) < KILLS
+                and last_kill_done < done < 0.9 * n
+                and pool.kill_one(PROCESSES, min_age=KILL_AFTER)
+            ):
                 last_kill_done = done
                 figures.values.setdefault("kill_at_sent", []).append(done)  # type: ignore[union-attr]
             time.sleep(0.25)
@@ -198,13 +211,25 @@ def test_killing_worker_processes_never_double_sends_and_loses_no_one(
     ledger.dispose()
     lines = assert_no_leaks([("worker log", log), *outputs])
 
-    figures.values.update({
-        "deliveries": n, "processes": PROCESSES, "threads": THREADS, "kills": len(pool.killed),
-        "restarts": len(restarts), "restart_backoff_s": sum(int(s) for _, s in restarts),
-        "final": by_status, "unknown_bound": THREADS * len(pool.killed), **unknown,
-        "duplicates": 0, "send_seconds": round(elapsed, 1), "rate_per_s": round(n / elapsed, 1),
-        **sweep_figures(log), "broker_messages_left_when_settled": backlog, "log_lines_checked": lines,
-    })
+    figures.values.update(
+        {
+            "deliveries": n,
+            "processes": PROCESSES,
+            "threads": THREADS,
+            "kills": len(pool.killed),
+            "restarts": len(restarts),
+            "restart_backoff_s": sum(int(s) for _, s in restarts),
+            "final": by_status,
+            "unknown_bound": THREADS * len(pool.killed),
+            **unknown,
+            "duplicates": 0,
+            "send_seconds": round(elapsed, 1),
+            "rate_per_s": round(n / elapsed, 1),
+            **sweep_figures(log),
+            "broker_messages_left_when_settled": backlog,
+            "log_lines_checked": lines,
+        }
+    )
     figures.emit()
 
 
@@ -213,7 +238,8 @@ def test_killing_worker_processes_never_double_sends_and_loses_no_one(
 @pytest.mark.parametrize("fault", ["restart", "flushall"])
 @pytest.mark.timeout(budget(max(300, CHAOS_SIZE // 3), 15, floor=300))
 def test_losing_the_broker_mid_campaign_reaches_everyone_exactly_once(
-        tmp_path, sqlite_ledger, recovery, dispatcher_cmd, monkeypatch, fault) -> None:
+    tmp_path, sqlite_ledger, recovery, dispatcher_cmd, monkeypatch, fault
+) -> None:
     # Given a Redis of this test's own, without persistence, and a campaign paced to last about 20 s
     n = max(300, CHAOS_SIZE // 3)
     figures = Figures(f"broker-{fault}")
@@ -255,11 +281,18 @@ def test_losing_the_broker_mid_campaign_reaches_everyone_exactly_once(
     swept = sweep_figures(log)
     assert swept["re_enqueued_by_sweeps"] > 0, "the recovery must have come from a sweep"
     lines = assert_no_leaks([("worker log", log), *outputs])
-    figures.values.update({
-        "deliveries": n, "sent_before_fault": before.get("sent", 0), "broker_messages_lost": queued_then,
-        "final": final, "duplicates": 0, "recovered_in_s": round(recovered, 1), **swept,
-        "log_lines_checked": lines,
-    })
+    figures.values.update(
+        {
+            "deliveries": n,
+            "sent_before_fault": before.get("sent", 0),
+            "broker_messages_lost": queued_then,
+            "final": final,
+            "duplicates": 0,
+            "recovered_in_s": round(recovered, 1),
+            **swept,
+            "log_lines_checked": lines,
+        }
+    )
     figures.emit()
 
 
@@ -273,16 +306,22 @@ def proxy(moto) -> Iterator[FaultProxy]:
 @pytest.mark.slow
 @pytest.mark.timeout(budget(max(150, CHAOS_SIZE // 10), 5, floor=300))
 def test_a_throttling_failing_and_lossy_provider_reaches_everyone_once(
-        tmp_path, moto, proxy, redis_url, sqlite_ledger, dispatcher_cmd, monkeypatch) -> None:
+    tmp_path, moto, proxy, redis_url, sqlite_ledger, dispatcher_cmd, monkeypatch
+) -> None:
     # Given SES and SNS (moto) behind a proxy that throttles 30 % of send calls, fails 15 % with 5xx,
     # drops the answer for 2 % of recipients after the provider accepted, and refuses 2 % for good
     n = max(150, CHAOS_SIZE // 10)
     figures = Figures("provider-faults")
     outputs: list[tuple[str, str]] = []
     boto3.client("sesv2", endpoint_url=moto.url).create_email_identity(EmailIdentity="giftpad.jp")
-    for key, value in {"AWS_ENDPOINT_URL": proxy.url, "DISPATCHER_EMAIL_PROVIDER": "ses",
-                       "DISPATCHER_SMS_PROVIDER": "sns", "DISPATCHER_RETRY_BASE_SECONDS": "0.2",
-                       "DISPATCHER_RETRY_MAX_SECONDS": "1", "DISPATCHER_MAX_ATTEMPTS": "25"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": proxy.url,
+        "DISPATCHER_EMAIL_PROVIDER": "ses",
+        "DISPATCHER_SMS_PROVIDER": "sns",
+        "DISPATCHER_RETRY_BASE_SECONDS": "0.2",
+        "DISPATCHER_RETRY_MAX_SECONDS": "1",
+        "DISPATCHER_MAX_ATTEMPTS": "25",
+    }.items():
         monkeypatch.setenv(key, value)
     rows = person_rows(n)
     rejected = {contact(r) for i, r in enumerate(rows) if i % 50 == 7}
@@ -331,11 +370,18 @@ def test_a_throttling_failing_and_lossy_provider_reaches_everyone_once(
     assert outcomes["server-error"] > 0, outcomes
     ledger.dispose()
     lines = assert_no_leaks([("worker log", log), *outputs])
-    figures.values.update({
-        "deliveries": n, "provider_calls": calls, "outcomes": dict(outcomes), "final": final,
-        "max_attempts_one_delivery": max(attempts.values()), "duplicates_at_provider": 0,
-        "send_seconds": round(elapsed, 1), "log_lines_checked": lines,
-    })
+    figures.values.update(
+        {
+            "deliveries": n,
+            "provider_calls": calls,
+            "outcomes": dict(outcomes),
+            "final": final,
+            "max_attempts_one_delivery": max(attempts.values()),
+            "duplicates_at_provider": 0,
+            "send_seconds": round(elapsed, 1),
+            "log_lines_checked": lines,
+        }
+    )
     figures.emit()
 
 
@@ -344,7 +390,8 @@ def test_a_throttling_failing_and_lossy_provider_reaches_everyone_once(
 @pytest.mark.postgres
 @pytest.mark.timeout(budget(max(300, CHAOS_SIZE // 3), 15, floor=300))
 def test_restarting_postgresql_mid_campaign_neither_loses_nor_duplicates(
-        tmp_path, redis_url, recovery, dispatcher_cmd, monkeypatch) -> None:
+    tmp_path, redis_url, recovery, dispatcher_cmd, monkeypatch
+) -> None:
     # Given a PostgreSQL cluster of this test's own, and a campaign paced to last about 20 s
     n = max(300, CHAOS_SIZE // 3)
     figures = Figures("postgres-restart")
@@ -384,9 +431,18 @@ def test_restarting_postgresql_mid_campaign_neither_loses_nor_duplicates(
     assert pending(final) == 0 and len(states) == n
     lines = assert_no_leaks([("worker log", log), *outputs])
     errors = len(re.findall(r"OperationalError", log))
-    figures.values.update({
-        "deliveries": n, "sent_before_restart": before.get("sent", 0), "restart_took_s": round(outage, 1),
-        "final": final, **unknown, "duplicates": 0, "recovered_in_s": round(recovered, 1),
-        "operational_errors_logged": errors, **sweep_figures(log), "log_lines_checked": lines,
-    })
+    figures.values.update(
+        {
+            "deliveries": n,
+            "sent_before_restart": before.get("sent", 0),
+            "restart_took_s": round(outage, 1),
+            "final": final,
+            **unknown,
+            "duplicates": 0,
+            "recovered_in_s": round(recovered, 1),
+            "operational_errors_logged": errors,
+            **sweep_figures(log),
+            "log_lines_checked": lines,
+        }
+    )
     figures.emit()

@@ -1,4 +1,4 @@
-"""The Japanese messages (SPEC §6): dispatcher.render, dispatcher.mime, dispatcher.sms."""
+"""The Japanese messages (SPEC §6): dispatcher.sending.render, dispatcher.sending.mime, dispatcher.core.sms."""
 
 from __future__ import annotations
 
@@ -12,20 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.campaign import Campaign, load_campaign
-from dispatcher.errors import ConfigError
-from dispatcher.mime import DELIVERY_HEADER, build_message
-from dispatcher.render import (
-    Email,
-    Renderer,
-    jp_date,
-    jp_short_date,
-    jp_time,
-    load_template_sources,
-    yen,
-)
-from dispatcher.settings import load_settings
-from dispatcher.sms import is_gsm7, length, parts, utf16_units
+from dispatcher.core.campaign import Campaign, load_campaign
+from dispatcher.core.errors import ConfigError
+from dispatcher.core.settings import load_settings
+from dispatcher.core.sms import is_gsm7, length, parts, utf16_units
+from dispatcher.sending.mime import DELIVERY_HEADER, build_message
+from dispatcher.sending.render import Email, Renderer, jp_date, jp_short_date, jp_time, load_template_sources, yen
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "campaigns" / "regionpay-2023-app.toml"
@@ -275,11 +267,18 @@ def test_headers_are_7bit_and_rfc2047_encoded(renderer: Renderer) -> None:
 def test_every_line_is_at_most_998_octets(renderer: Renderer) -> None:
     # Given a name and an inquiry text long enough to break a naive encoder, and the legacy address form
     raw = build(renderer, to="taro..yamada.@docomo.ne.jp", name="長" * 100)
-    sources = sources_with({"email_body.txt": "{{ receipt_url }}" + "あ" * 3000,
-                            "email_body.html": "<p>" + "い" * 3000 + "</p>"})
+    sources = sources_with(
+        {"email_body.txt": "{{ receipt_url }}" + "あ" * 3000, "email_body.html": "<p>" + "い" * 3000 + "</p>"}
+    )
     long_body = Renderer(load_campaign(SHIPPED), sources, SENDER).email({}, RECEIPT_URL)
-    raw_long = build_message(long_body, to="a@example.jp", sender=SENDER, sender_name=SENDER_NAME * 10,
-                             delivery_ref="c:1", sent_at=datetime(2023, 4, 5, tzinfo=UTC)).as_bytes()
+    raw_long = build_message(
+        long_body,
+        to="a@example.jp",
+        sender=SENDER,
+        sender_name=SENDER_NAME * 10,
+        delivery_ref="c:1",
+        sent_at=datetime(2023, 4, 5, tzinfo=UTC),
+    ).as_bytes()
 
     for message in (raw, raw_long):
         lines = message.split(b"\r\n")
@@ -298,8 +297,14 @@ def test_legacy_carrier_address_survives_the_to_header(renderer: Renderer) -> No
 def test_text_only_email_is_a_single_plain_part() -> None:
     rendered = Email(subject="件名", text="本文 https://receive.example.jp/r/x\n", html=None)
 
-    message = build_message(rendered, to="a@example.jp", sender=SENDER, sender_name=SENDER_NAME,
-                            delivery_ref="c:1", sent_at=datetime(2023, 4, 5, tzinfo=UTC))
+    message = build_message(
+        rendered,
+        to="a@example.jp",
+        sender=SENDER,
+        sender_name=SENDER_NAME,
+        delivery_ref="c:1",
+        sent_at=datetime(2023, 4, 5, tzinfo=UTC),
+    )
     parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
 
     assert parsed.get_content_type() == "text/plain"

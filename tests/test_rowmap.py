@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.rowmap import RowsByHash
+from dispatcher.intake.rowmap import RowsByHash
 
 # Keys from a small pool (so repeats and slot collisions happen), including 0, 1 and the 64-bit extremes.
 KEYS = st.sampled_from([0, 1, 2, 3, 17, 33, -1, -(2**63), 2**63 - 1, 2**40, 2**40 + 16, 5 * 2**16])

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import render
-from dispatcher.campaign import Campaign, load_campaign
-from dispatcher.demo import find_campaign_file
-from dispatcher.errors import ConfigError
-from dispatcher.render import Renderer, load_template_sources
-from dispatcher.settings import load_settings
+from dispatcher.cli.demo import find_campaign_file
+from dispatcher.core.campaign import Campaign, load_campaign
+from dispatcher.core.errors import ConfigError
+from dispatcher.core.settings import load_settings
+from dispatcher.sending import render
+from dispatcher.sending.render import Renderer, load_template_sources
 
 from .helpers import person_rows, write_campaign, write_csv
 

@@ -1,4 +1,4 @@
-"""Deployment settings (SPEC §5, §9): dispatcher.settings — config file, DISPATCHER_* environment, defaults."""
+"""Deployment settings (SPEC §5, §9): dispatcher.core.settings — config file, DISPATCHER_* environment, defaults."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from dispatcher.errors import ConfigError
-from dispatcher.settings import config_file, load_settings
+from dispatcher.core.errors import ConfigError
+from dispatcher.core.settings import config_file, load_settings
 
 
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
@@ -27,7 +27,10 @@ def test_defaults_are_the_announced_senders_and_local_providers(tmp_path: Path) 
     assert settings.email_sender_name == "地域クーポン regionPAY 補償事務局"
     assert (settings.email_provider, settings.sms_provider) == ("outbox", "outbox")
     assert (settings.email_rate, settings.sms_rate, settings.redis_url, settings.database_url) == (
-        None, None, None, None,
+        None,
+        None,
+        None,
+        None,
     )
     assert settings.domain_rates["docomo.ne.jp"] > 0
     # conftest points DISPATCHER_DATA_DIR at this test's directory
@@ -37,7 +40,10 @@ def test_defaults_are_the_announced_senders_and_local_providers(tmp_path: Path) 
 
 
 def test_config_file_sets_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config(tmp_path, monkeypatch, """
+    config(
+        tmp_path,
+        monkeypatch,
+        """
 email_provider = "ses"
 email_rate = 14.0
 sms_daily_quota = 5000
@@ -46,7 +52,8 @@ outbox_dir = "/srv/outbox"
 
 [domain_rates]
 "docomo.ne.jp" = 3.5
-""")
+""",
+    )
 
     settings = load_settings()
 

@@ -1,7 +1,7 @@
 """An error after the claim and before the provider call fails the delivery for good, with a reason that
 carries no URL or contact; it never leaves it ``sending`` or ``unknown`` (issue 11, findings 5 and 6).
 
-Driven through the worker's own function (:func:`dispatcher.delivery.deliver`) on SQLite and PostgreSQL,
+Driven through the worker's own function (:func:`dispatcher.sending.delivery.deliver`) on SQLite and PostgreSQL,
 with the ledger holding what an older enqueue accepted (a template or a contact that today's checks refuse).
 """
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import delivery as delivery_module
-from dispatcher.campaign import load_campaign
-from dispatcher.delivery import deliver
-from dispatcher.render import load_template_sources
+from dispatcher.core.campaign import load_campaign
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Status
 from dispatcher.runtime import Runtime
-from dispatcher.settings import load_settings
-from dispatcher.states import Status
+from dispatcher.sending import delivery as delivery_module
+from dispatcher.sending.delivery import deliver
+from dispatcher.sending.render import load_template_sources
 
 from .helpers import write_campaign
 

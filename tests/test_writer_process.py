@@ -8,12 +8,13 @@ import dramatiq
 import pytest
 import redis
 
-from dispatcher import broker, enqueue
-from dispatcher.enqueue import enqueue_campaign
+from dispatcher import broker
+from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Status
+from dispatcher.intake import enqueue
+from dispatcher.intake.enqueue import enqueue_campaign
+from dispatcher.intake.writer_process import ProcessWriter, WriterProcessError
 from dispatcher.ledger import Ledger
-from dispatcher.settings import load_settings
-from dispatcher.states import Status
-from dispatcher.writer_process import ProcessWriter, WriterProcessError
 
 from .helpers import person_rows, write_campaign, write_csv
 
@@ -40,7 +41,8 @@ def _queued_ids(redis_url: str) -> list[int]:
 
 
 def test_a_large_list_written_by_its_own_process_gives_the_same_result(
-        tmp_path, redis_url, ledger_url, writers, monkeypatch) -> None:
+    tmp_path, redis_url, ledger_url, writers, monkeypatch
+) -> None:
     monkeypatch.setattr(enqueue, "BATCH", 40)  # several batches through the pipe
     rows = person_rows(250)
     rows[10]["email"] = "not-an-address"
@@ -68,7 +70,8 @@ def test_a_large_list_written_by_its_own_process_gives_the_same_result(
 
 
 def test_a_failing_writer_process_is_reported_and_what_it_wrote_stays_due(
-        tmp_path, redis_url, writers, monkeypatch) -> None:
+    tmp_path, redis_url, writers, monkeypatch
+) -> None:
     from tests.services import free_port
 
     monkeypatch.setenv("DISPATCHER_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")

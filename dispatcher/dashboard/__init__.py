@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import ConfigError
+from dispatcher.core.errors import ConfigError
+from dispatcher.core.settings import Settings
+
 from ..runtime import Runtime
-from ..settings import Settings
 from .app import Dispatch, check_credentials, create_app, trusted_proxies
 
 __all__ = ["AccessLogTrim", "check_start", "create_app", "serve"]
@@ -26,8 +27,10 @@ def check_start(settings: Settings, host: str) -> None:
     check_credentials(settings, settings.dashboard_token)
     trusted_proxies(settings)
     if settings.dashboard_insecure_cookies and host not in LOOPBACK:
-        raise ConfigError(f"DISPATCHER_DASHBOARD_INSECURE_COOKIES is allowed only on loopback ({', '.join(LOOPBACK)}): "
-                          "over a network the session cookie must be Secure; serve HTTPS (a reverse proxy)")
+        raise ConfigError(
+            f"DISPATCHER_DASHBOARD_INSECURE_COOKIES is allowed only on loopback ({', '.join(LOOPBACK)}): "
+            "over a network the session cookie must be Secure; serve HTTPS (a reverse proxy)"
+        )
 
 
 class AccessLogTrim(logging.Filter):
@@ -50,13 +53,13 @@ def serve(rt: Runtime, dispatch: Dispatch | None, *, host: str, port: int) -> No
     check_start(rt.settings, host)
     app = create_app(rt, dispatch)
     if host not in LOOPBACK:
-        log.warning("dashboard listens on %s: put it behind TLS (a reverse proxy) before using it over a network",
-                    host)
+        log.warning("dashboard listens on %s: put it behind TLS (a reverse proxy) before using it over a network", host)
     logging.getLogger("uvicorn.access").addFilter(AccessLogTrim())
     # Proxy headers are handled inside the app, from DISPATCHER_TRUSTED_PROXIES only (uvicorn's own default
     # would believe any local process).
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False, access_log=True,
-                            proxy_headers=False)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, server_header=False, access_log=True, proxy_headers=False
+    )
     from .server import Server
 
     Server(config).run()

@@ -15,10 +15,11 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from .. import operations
-from ..errors import DispatcherError
-from ..operations import DEFAULT_RESEND, ResendPlan
-from ..states import Channel, Status
+from dispatcher.core.errors import DispatcherError
+from dispatcher.core.states import Channel, Status
+from dispatcher.operations import control as operations
+from dispatcher.operations.control import DEFAULT_RESEND, ResendPlan
+
 from . import params
 from .auth import action, principal_of
 from .views import render, runtime_of
@@ -66,8 +67,12 @@ async def resume(request: Request) -> Response:
     result = await _run(request, operations.resume, request.app.state.dispatch)
     if isinstance(result, Response):
         return result
-    return _answer(request, result.campaign_id, "resume",
-                   {"campaign": result.campaign_id, "state": result.state, "redispatched": result.affected})
+    return _answer(
+        request,
+        result.campaign_id,
+        "resume",
+        {"campaign": result.campaign_id, "state": result.state, "redispatched": result.affected},
+    )
 
 
 @action
@@ -75,8 +80,12 @@ async def cancel(request: Request) -> Response:
     result = await _run(request, operations.cancel)
     if isinstance(result, Response):
         return result
-    return _answer(request, result.campaign_id, "cancel",
-                   {"campaign": result.campaign_id, "state": result.state, "cancelled": result.affected})
+    return _answer(
+        request,
+        result.campaign_id,
+        "cancel",
+        {"campaign": result.campaign_id, "state": result.state, "cancelled": result.affected},
+    )
 
 
 def resend_choice(form: FormData) -> dict[str, Any]:
@@ -92,8 +101,14 @@ def resend_choice(form: FormData) -> dict[str, Any]:
 
 
 def plan_json(plan: ResendPlan) -> dict[str, Any]:
-    return {"campaign": plan.campaign_id, "dry_run": plan.dry_run, "selected": plan.selected,
-            "requeued": len(plan.requeued), "by_channel": plan.by_channel, "skipped": plan.skipped}
+    return {
+        "campaign": plan.campaign_id,
+        "dry_run": plan.dry_run,
+        "selected": plan.selected,
+        "requeued": len(plan.requeued),
+        "by_channel": plan.by_channel,
+        "skipped": plan.skipped,
+    }
 
 
 @action

@@ -7,7 +7,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import clock
+from dispatcher.core import clock
+
 from . import params
 from .auth import api
 from .summary import all_views, campaign_view, detail_json, summary_json

@@ -14,9 +14,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from ..errors import ConfigError
+from dispatcher.core.errors import ConfigError
+from dispatcher.core.settings import Settings, weak_secret
+
 from ..runtime import Runtime
-from ..settings import Settings, weak_secret
 from . import actions, api, feedback_routes, metrics, views
 from .auth import Auth
 from .series import SendsPerMinute
@@ -25,8 +26,10 @@ from .sessions import store_for
 Dispatch = Callable[[list[int]], None]
 
 #: Everything the pages load comes from this server: no CDN, no inline script or style.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 MAX_BODY = 1024 * 1024
 #: Longest request target (path and query) served; the pages' own links are far shorter.
 MAX_URI = 4096
@@ -83,8 +86,10 @@ def check_credentials(settings: Settings, token: str | None) -> str:
     if problem:
         raise ConfigError(f"DISPATCHER_DASHBOARD_TOKEN {problem}")
     if settings.metrics_token is not None and hmac.compare_digest(settings.metrics_token, token):
-        raise ConfigError("DISPATCHER_METRICS_TOKEN must differ from DISPATCHER_DASHBOARD_TOKEN "
-                          "(it is handed to scrapers and opens /metrics only)")
+        raise ConfigError(
+            "DISPATCHER_METRICS_TOKEN must differ from DISPATCHER_DASHBOARD_TOKEN "
+            "(it is handed to scrapers and opens /metrics only)"
+        )
     return token
 
 
@@ -94,8 +99,10 @@ def trusted_proxies(settings: Settings) -> list[str]:
         try:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise ConfigError(f"DISPATCHER_TRUSTED_PROXIES: entry {len(entry)} characters long is not an IP "
-                              "address or network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+            raise ConfigError(
+                f"DISPATCHER_TRUSTED_PROXIES: entry {len(entry)} characters long is not an IP "
+                "address or network (e.g. 10.0.0.5 or 10.0.0.0/24)"
+            ) from None
     return list(settings.trusted_proxies)
 
 
@@ -130,8 +137,13 @@ def create_app(rt: Runtime, dispatch: Dispatch | None, *, token: str | None = No
     app = Starlette(routes=routes, middleware=middleware, max_body_size=MAX_BODY)
     app.state.rt = rt
     app.state.dispatch = dispatch
-    app.state.auth = Auth(token, store_for(rt.redis), metrics_token=settings.metrics_token,
-                          secure_cookies=not settings.dashboard_insecure_cookies)
+    app.state.auth = Auth(
+        token,
+        store_for(rt.redis),
+        metrics_token=settings.metrics_token,
+        secure_cookies=not settings.dashboard_insecure_cookies,
+    )
     app.state.templates = views.make_templates()
+    app.state.login_form = views.login_form
     app.state.sends = SendsPerMinute()
     return app

@@ -57,8 +57,15 @@ def _same(candidate: str, secret: bytes) -> bool:
 
 
 class Auth:
-    def __init__(self, token: str, store: SessionStore, *, metrics_token: str | None = None,
-                 secure_cookies: bool = True, pacer: FailurePacer | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        store: SessionStore,
+        *,
+        metrics_token: str | None = None,
+        secure_cookies: bool = True,
+        pacer: FailurePacer | None = None,
+    ) -> None:
         self._token = token.encode()
         self._metrics_token = metrics_token.encode() if metrics_token else None
         self.sessions = Sessions(store, token)
@@ -81,8 +88,9 @@ class Auth:
         locked = self.pacer.failed(client)
         # The candidate itself is never logged: it may be a mistyped real token.
         if locked is not None:
-            log.warning("dashboard: repeated failed token checks from %s; its next ones are refused for %.0f s",
-                        client, locked)
+            log.warning(
+                "dashboard: repeated failed token checks from %s; its next ones are refused for %.0f s", client, locked
+            )
         return None
 
     def principal(self, request: Request, *, accept_metrics: bool = False) -> Outcome:
@@ -101,8 +109,11 @@ class Auth:
     def csrf_ok(self, principal: Principal, submitted: object) -> bool:
         if principal.via == "bearer":
             return True
-        return (isinstance(submitted, str) and principal.csrf is not None
-                and hmac.compare_digest(submitted.encode(), principal.csrf.encode()))
+        return (
+            isinstance(submitted, str)
+            and principal.csrf is not None
+            and hmac.compare_digest(submitted.encode(), principal.csrf.encode())
+        )
 
 
 def auth_of(request: Request) -> Auth:
@@ -116,13 +127,19 @@ def principal_of(request: Request) -> Principal:
 
 
 def unauthorized_json() -> Response:
-    return JSONResponse({"error": "authentication required: Authorization: Bearer <DISPATCHER_DASHBOARD_TOKEN>"},
-                        status_code=401, headers={"WWW-Authenticate": 'Bearer realm="dispatcher"'})
+    return JSONResponse(
+        {"error": "authentication required: Authorization: Bearer <DISPATCHER_DASHBOARD_TOKEN>"},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="dispatcher"'},
+    )
 
 
 def too_many_json(paced: Paced) -> Response:
-    return JSONResponse({"error": "too many failed sign-in attempts: try again later"}, status_code=429,
-                        headers={"Retry-After": retry_after(paced.seconds)})
+    return JSONResponse(
+        {"error": "too many failed sign-in attempts: try again later"},
+        status_code=429,
+        headers={"Retry-After": retry_after(paced.seconds)},
+    )
 
 
 def safe_next(target: str | None) -> str:
@@ -147,8 +164,8 @@ def page(handler: Endpoint) -> Endpoint:
             return too_many_json(outcome)
         principal = _usable(outcome)
         if principal is None:
-            from .views import login_form
-
+            # The form is the views' (set on the app at start): auth stays below the pages it guards.
+            login_form: Callable[..., Response] = request.app.state.login_form
             return login_form(request, status_code=401, next_path=request.url.path)
         request.state.principal = principal
         return await handler(request)
@@ -193,8 +210,9 @@ def action(handler: Endpoint) -> Endpoint:
             return unauthorized_json()
         form = await request.form()
         if not auth.csrf_ok(principal, form.get(CSRF_FIELD)):
-            return JSONResponse({"error": "missing or wrong CSRF token: reload the page and try again"},
-                                status_code=403)
+            return JSONResponse(
+                {"error": "missing or wrong CSRF token: reload the page and try again"}, status_code=403
+            )
         request.state.principal = principal
         return await handler(request)
 
@@ -203,5 +221,12 @@ def action(handler: Endpoint) -> Endpoint:
 
 def set_session_cookie(request: Request, response: Response, value: str) -> None:
     # Secure whatever scheme this process sees: behind a TLS-terminating proxy it sees plain HTTP.
-    response.set_cookie(SESSION_COOKIE, value, max_age=SESSION_MAX_AGE, path="/", httponly=True, samesite="lax",
-                        secure=auth_of(request).secure_cookies)
+    response.set_cookie(
+        SESSION_COOKIE,
+        value,
+        max_age=SESSION_MAX_AGE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=auth_of(request).secure_cookies,
+    )

@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from xml.sax.saxutils import escape
 
-from ..clock import JST
+from dispatcher.core.clock import JST
+
 from .labels import jst, num
 
 WIDTH, HEIGHT = 760, 310
@@ -82,8 +83,10 @@ def progress_chart(
     for m, n in zip(minutes, counts, strict=True):
         if n:
             h = bar_h * n / peak
-            parts.append(f'<rect x="{x(m):.1f}" y="{BARS[1] - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
-                         f'class="bar"><title>{_local(m, "%H:%M")} {num(n)}件</title></rect>')
+            parts.append(
+                f'<rect x="{x(m):.1f}" y="{BARS[1] - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
+                f'class="bar"><title>{_local(m, "%H:%M")} {num(n)}件</title></rect>'
+            )
 
     # Cumulative panel.
     top = max(total, sent_now, 1)
@@ -109,24 +112,32 @@ def progress_chart(
     if finish is not None and finish > now and total > sent_now:
         end = min(finish, horizon)
         share = (end - now) / (finish - now)
-        parts.append(f'<line x1="{x(now):.1f}" y1="{y(sent_now):.1f}" x2="{x(end):.1f}" '
-                     f'y2="{y(sent_now + (total - sent_now) * share):.1f}" class="projection"/>')
+        parts.append(
+            f'<line x1="{x(now):.1f}" y1="{y(sent_now):.1f}" x2="{x(end):.1f}" '
+            f'y2="{y(sent_now + (total - sent_now) * share):.1f}" class="projection"/>'
+        )
     parts.append(f'<line x1="{x(now):.1f}" y1="{BARS[0]}" x2="{x(now):.1f}" y2="{CUMULATIVE[1]}" class="now"/>')
     if since <= send_by <= horizon:
         parts += [
             f'<line x1="{x(send_by):.1f}" y1="{BARS[0]}" x2="{x(send_by):.1f}" y2="{CUMULATIVE[1]}" class="send-by"/>',
             f'<text x="{x(send_by) - 4:.1f}" y="{CUMULATIVE[0] + 12}" class="send-by-label" text-anchor="end">'
-            f'送信期限 {_local(send_by, "%m/%d %H:%M")}</text>',
+            f"送信期限 {_local(send_by, '%m/%d %H:%M')}</text>",
         ]
     else:
         where = "以降" if send_by > horizon else "以前（期限切れ）"
-        parts.append(f'<text x="{WIDTH - RIGHT}" y="{CUMULATIVE[0] - 14}" class="send-by-label" text-anchor="end">'
-                     f'送信期限 {escape(jst(send_by))}（表示範囲{where}）</text>')
+        parts.append(
+            f'<text x="{WIDTH - RIGHT}" y="{CUMULATIVE[0] - 14}" class="send-by-label" text-anchor="end">'
+            f"送信期限 {escape(jst(send_by))}（表示範囲{where}）</text>"
+        )
     for i in range(5):
         tick = since + (horizon - since) * i / 4
-        parts.append(f'<text x="{x(tick):.1f}" y="{HEIGHT - 22}" class="tick" text-anchor="middle">'
-                     f'{_local(tick, "%H:%M")}</text>')
-    parts.append(f'<text x="{LEFT}" y="{HEIGHT - 4}" class="legend">実線: 累計送信　破線: 完了見込み　'
-                 '灰色の縦線: 現在　赤の縦線: 送信期限（時刻は JST）</text>')
+        parts.append(
+            f'<text x="{x(tick):.1f}" y="{HEIGHT - 22}" class="tick" text-anchor="middle">'
+            f"{_local(tick, '%H:%M')}</text>"
+        )
+    parts.append(
+        f'<text x="{LEFT}" y="{HEIGHT - 4}" class="legend">実線: 累計送信　破線: 完了見込み　'
+        "灰色の縦線: 現在　赤の縦線: 送信期限（時刻は JST）</text>"
+    )
     parts.append("</svg>")
     return "\n".join(parts)

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..clock import JST
-from ..states import Status
+from dispatcher.core.clock import JST
+from dispatcher.core.states import Status
 
 #: Display order of delivery states: the way a delivery moves, then the ways it stops.
 STATUS_ORDER: tuple[Status, ...] = (
-    Status.QUEUED, Status.RETRYING, Status.SENDING, Status.SENT, Status.DELIVERED, Status.BOUNCED,
-    Status.COMPLAINED, Status.FAILED, Status.UNKNOWN, Status.EXPIRED, Status.SUPPRESSED, Status.CANCELLED,
+    Status.QUEUED,
+    Status.RETRYING,
+    Status.SENDING,
+    Status.SENT,
+    Status.DELIVERED,
+    Status.BOUNCED,
+    Status.COMPLAINED,
+    Status.FAILED,
+    Status.UNKNOWN,
+    Status.EXPIRED,
+    Status.SUPPRESSED,
+    Status.CANCELLED,
 )
 
 STATUS_LABELS: dict[str, str] = {

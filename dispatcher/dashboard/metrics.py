@@ -20,9 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import broker, clock
+from dispatcher import broker
+from dispatcher.core import clock
+from dispatcher.core.states import Status
+
 from ..runtime import Runtime
-from ..states import Status
 from . import queries
 from .auth import metrics_api
 from .views import runtime_of
@@ -54,16 +56,29 @@ class LedgerCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         ledger = self.rt.ledger
         seconds = WINDOW.total_seconds()
-        deliveries = GaugeMetricFamily("dispatcher_deliveries", "Deliveries by campaign, channel and state "
-                                       "(ledger counters)", labels=["campaign", "channel", "state"])
-        state = GaugeMetricFamily("dispatcher_campaign_state", "1 for the campaign's current state",
-                                  labels=["campaign", "state"])
-        rate = GaugeMetricFamily("dispatcher_send_rate", f"Sends accepted by providers per second, "
-                                 f"average over the last {seconds:.0f} s", labels=["campaign"])
-        errors = GaugeMetricFamily("dispatcher_provider_errors_recent", f"Provider errors in the last "
-                                   f"{seconds:.0f} s by class", labels=["campaign", "class"])
-        waits = GaugeMetricFamily("dispatcher_rate_limit_waits_recent", f"Sends put back to wait for a rate or "
-                                  f"quota slot in the last {seconds:.0f} s", labels=["campaign"])
+        deliveries = GaugeMetricFamily(
+            "dispatcher_deliveries",
+            "Deliveries by campaign, channel and state (ledger counters)",
+            labels=["campaign", "channel", "state"],
+        )
+        state = GaugeMetricFamily(
+            "dispatcher_campaign_state", "1 for the campaign's current state", labels=["campaign", "state"]
+        )
+        rate = GaugeMetricFamily(
+            "dispatcher_send_rate",
+            f"Sends accepted by providers per second, average over the last {seconds:.0f} s",
+            labels=["campaign"],
+        )
+        errors = GaugeMetricFamily(
+            "dispatcher_provider_errors_recent",
+            f"Provider errors in the last {seconds:.0f} s by class",
+            labels=["campaign", "class"],
+        )
+        waits = GaugeMetricFamily(
+            "dispatcher_rate_limit_waits_recent",
+            f"Sends put back to wait for a rate or quota slot in the last {seconds:.0f} s",
+            labels=["campaign"],
+        )
         since = clock.now() - WINDOW
         for campaign_id in ledger.campaign_ids():
             record = ledger.campaign(campaign_id, fresh=True)
@@ -104,8 +119,11 @@ class LedgerCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        queue = GaugeMetricFamily("dispatcher_queue_depth", "Messages held by the broker for the deliveries "
-                                  "queue (waiting, delayed or in flight)", labels=["queue"])
+        queue = GaugeMetricFamily(
+            "dispatcher_queue_depth",
+            "Messages held by the broker for the deliveries queue (waiting, delayed or in flight)",
+            labels=["queue"],
+        )
         queue.add_metric([broker.QUEUE], depth)
         yield queue
 

@@ -12,10 +12,11 @@ from typing import Any
 
 from sqlalchemy import Select, func, select, union_all
 
+from dispatcher.core.privacy import mask_contact, redact
+from dispatcher.core.states import PENDING, Channel, Status
+
 from ..ledger import Ledger
 from ..ledger.schema import deliveries, transitions
-from ..privacy import mask_contact, redact
-from ..states import PENDING, Channel, Status
 
 #: States in which a delivery did not reach the person (the "top failure reasons" look at these).
 FAILURES: tuple[Status, ...] = (Status.FAILED, Status.BOUNCED, Status.COMPLAINED, Status.UNKNOWN, Status.EXPIRED)
@@ -63,8 +64,17 @@ def delivery_page(
     """One page of a campaign's deliveries in id order (keyset pagination: no OFFSET, no count)."""
     c = deliveries.c
     stmt: Select[Any] = select(
-        c.id, c.user_id, c.channel, c.contact, c.status, c.attempts, c.provider_code, c.reason,
-        c.first_sent_at, c.last_event_at, c.updated_at,
+        c.id,
+        c.user_id,
+        c.channel,
+        c.contact,
+        c.status,
+        c.attempts,
+        c.provider_code,
+        c.reason,
+        c.first_sent_at,
+        c.last_event_at,
+        c.updated_at,
     ).where(c.campaign_id == campaign_id)
     if status is not None:
         stmt = stmt.where(c.status == status.value)
@@ -85,10 +95,17 @@ def delivery_page(
         fetched.reverse()
     rows = [
         DeliveryRow(
-            id=r.id, user_id=r.user_id, channel=r.channel, contact=mask_contact(r.channel, r.contact),
-            status=r.status, attempts=r.attempts, provider_code=r.provider_code,
-            reason=redact(r.reason) if r.reason else None, first_sent_at=r.first_sent_at,
-            last_event_at=r.last_event_at, updated_at=r.updated_at,
+            id=r.id,
+            user_id=r.user_id,
+            channel=r.channel,
+            contact=mask_contact(r.channel, r.contact),
+            status=r.status,
+            attempts=r.attempts,
+            provider_code=r.provider_code,
+            reason=redact(r.reason) if r.reason else None,
+            first_sent_at=r.first_sent_at,
+            last_event_at=r.last_event_at,
+            updated_at=r.updated_at,
         )
         for r in fetched
     ]
@@ -112,12 +129,18 @@ def sends_per_minute(ledger: Ledger, campaign_id: str, since: datetime, until: d
     Uses ``ix_transitions_campaign_at``; the time range is what bounds the work.
     """
     at = transitions.c.at
-    bucket: Any = (func.date_trunc("minute", at) if ledger.dialect == "postgresql"
-                   else func.strftime("%Y-%m-%d %H:%M:00", at))
+    bucket: Any = (
+        func.date_trunc("minute", at) if ledger.dialect == "postgresql" else func.strftime("%Y-%m-%d %H:%M:00", at)
+    )
     stmt = (
         select(bucket.label("minute"), func.count())
-        .where(transitions.c.campaign_id == campaign_id, at >= since, at < until,
-               transitions.c.to_status == Status.SENT.value, transitions.c.from_status == Status.SENDING.value)
+        .where(
+            transitions.c.campaign_id == campaign_id,
+            at >= since,
+            at < until,
+            transitions.c.to_status == Status.SENT.value,
+            transitions.c.from_status == Status.SENDING.value,
+        )
         .group_by(bucket)
     )
     with ledger.read() as conn:
@@ -131,8 +154,11 @@ def recent_outcomes(ledger: Ledger, campaign_id: str, since: datetime) -> dict[t
     """
     stmt = (
         select(transitions.c.to_status, transitions.c.provider_code, func.count())
-        .where(transitions.c.campaign_id == campaign_id, transitions.c.at >= since,
-               transitions.c.from_status == Status.SENDING.value)
+        .where(
+            transitions.c.campaign_id == campaign_id,
+            transitions.c.at >= since,
+            transitions.c.from_status == Status.SENDING.value,
+        )
         .group_by(transitions.c.to_status, transitions.c.provider_code)
     )
     with ledger.read() as conn:
@@ -187,21 +213,20 @@ def pending_work(ledger: Ledger, campaign_id: str, counts: dict[tuple[str, str],
 
     Deliveries come from the counters; SMS parts are the average of a bounded sample times the count.
     """
-    pending = {ch.value: sum(n for (c, st), n in counts.items() if c == ch.value and st in PENDING)
-               for ch in Channel}
+    pending = {ch.value: sum(n for (c, st), n in counts.items() if c == ch.value and st in PENDING) for ch in Channel}
     sms = pending[Channel.SMS.value]
     parts = sms
     if sms:
         c = deliveries.c
         sample = (
             select(c.sms_parts.label("parts"))
-            .where(c.campaign_id == campaign_id, c.channel == Channel.SMS.value,
-                   c.status.in_([s.value for s in PENDING]))
+            .where(
+                c.campaign_id == campaign_id, c.channel == Channel.SMS.value, c.status.in_([s.value for s in PENDING])
+            )
             .limit(PARTS_SAMPLE)
             .subquery()
         )
         with ledger.read() as conn:
             average = conn.execute(select(func.avg(func.coalesce(sample.c.parts, 1)))).scalar()
         parts = round(sms * float(average or 1))
-    return {Channel.EMAIL.value: (pending[Channel.EMAIL.value], 0),
-            Channel.SMS.value: (sms, parts)}
+    return {Channel.EMAIL.value: (pending[Channel.EMAIL.value], 0), Channel.SMS.value: (sms, parts)}

@@ -19,7 +19,8 @@ from typing import Protocol
 import redis
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 
-from .. import clock
+from dispatcher.core import clock
+
 from ..broker import keys
 
 #: A session lasts this long from sign-in, whatever it does meanwhile.

@@ -7,12 +7,13 @@ from datetime import datetime, timedelta
 from pathlib import PurePath
 from typing import Any
 
-from .. import clock
-from ..plan import Plan, make_plan
-from ..privacy import redact
+from dispatcher.core import clock
+from dispatcher.core.privacy import redact
+from dispatcher.core.states import PENDING, Status
+from dispatcher.operations.plan import Plan, make_plan
+from dispatcher.operations.status import campaign_status
+
 from ..runtime import Runtime
-from ..states import PENDING, Status
-from ..status import campaign_status
 from . import queries
 from .chart import progress_chart
 from .labels import campaign_state_label
@@ -71,9 +72,14 @@ def campaign_view(rt: Runtime, campaign_id: str) -> CampaignView | None:
     counts = {(ch, st): n for ch, by in status["by_channel"].items() for st, n in by.items()}
     plan = make_plan(record.campaign, queries.pending_work(ledger, campaign_id, counts), rt.settings, clock.now())
     return CampaignView(
-        id=campaign_id, name=record.campaign.name, state=record.state,
+        id=campaign_id,
+        name=record.campaign.name,
+        state=record.state,
         state_reason=redact(record.state_reason) if record.state_reason else None,
-        send_by=record.campaign.send_by, deadline=record.campaign.deadline, status=status, plan=plan,
+        send_by=record.campaign.send_by,
+        deadline=record.campaign.deadline,
+        status=status,
+        plan=plan,
     )
 
 
@@ -92,8 +98,12 @@ def summary_json(view: CampaignView) -> dict[str, Any]:
         "state_reason": view.state_reason,
         "send_by": view.send_by.isoformat(),
         "deadline": view.deadline.isoformat(),
-        "progress": {"done": view.done, "pending": view.pending, "sent": view.sent_ever,
-                     "ratio": round(view.done / view.total, 4) if view.total else None},
+        "progress": {
+            "done": view.done,
+            "pending": view.pending,
+            "sent": view.sent_ever,
+            "ratio": round(view.done / view.total, 4) if view.total else None,
+        },
         "running": view.running,
         "will_miss_send_by": view.will_miss,
         "plan": view.plan.as_dict(),
@@ -115,9 +125,15 @@ def imports_summary(rt: Runtime, campaign_id: str) -> dict[str, Any]:
         "rejected": sum(i["rejected"] for i in lists),
         "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "recent": [
-            {"source": PurePath(i["source"]).name, "at": i["at"].isoformat(), "rows": i["rows"],
-             "accepted": i["accepted"], "new": i["new"], "rejected": i["rejected"],
-             "rejects_file": PurePath(i["rejects_path"]).name if i["rejects_path"] else None}
+            {
+                "source": PurePath(i["source"]).name,
+                "at": i["at"].isoformat(),
+                "rows": i["rows"],
+                "accepted": i["accepted"],
+                "new": i["new"],
+                "rejected": i["rejected"],
+                "rejects_file": PurePath(i["rejects_path"]).name if i["rejects_path"] else None,
+            }
             for i in lists[-10:]
         ],
     }
@@ -129,8 +145,9 @@ def detail_json(rt: Runtime, view: CampaignView) -> dict[str, Any]:
     return {
         **summary_json(view),
         "imports": imports_summary(rt, view.id),
-        "failure_reasons": [{"status": r.status, "reason": r.reason, "count": r.count, "estimated": r.estimated}
-                            for r in reasons],
+        "failure_reasons": [
+            {"status": r.status, "reason": r.reason, "count": r.count, "estimated": r.estimated} for r in reasons
+        ],
     }
 
 
@@ -138,5 +155,12 @@ def chart(rt: Runtime, view: CampaignView, minutes: int, series: SendsPerMinute)
     now = clock.now()
     since = now - timedelta(minutes=minutes)
     per_minute = series.between(rt.ledger, view.id, since, now)
-    return progress_chart(per_minute=per_minute, since=since, now=now, sent_now=view.sent_ever,
-                          total=view.total, send_by=view.send_by, finish=view.plan.finish)
+    return progress_chart(
+        per_minute=per_minute,
+        since=since,
+        now=now,
+        sent_now=view.sent_ever,
+        total=view.total,
+        send_by=view.send_by,
+        finish=view.plan.finish,
+    )

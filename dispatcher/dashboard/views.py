@@ -9,8 +9,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from dispatcher.core.states import Channel, Status
+
 from ..runtime import Runtime
-from ..states import Channel, Status
 from . import labels, params, queries
 from .auth import (
     CSRF_FIELD,
@@ -29,13 +30,28 @@ from .summary import CHART_RANGES, all_views, campaign_view, chart, detail_json
 
 
 def make_templates() -> Environment:
-    env = Environment(loader=PackageLoader("dispatcher.dashboard", "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=labels.num, jst=labels.jst, status_label=labels.status_label,
-                       channel_label=labels.channel_label, state_label=labels.campaign_state_label,
-                       reject_field_label=labels.reject_field_label)
-    env.globals.update(STATUS_ORDER=[s.value for s in labels.STATUS_ORDER], CHANNELS=[c.value for c in Channel],
-                       CSRF_FIELD=CSRF_FIELD, percent=labels.percent, CHART_RANGES=CHART_RANGES)
+    env = Environment(
+        loader=PackageLoader("dispatcher.dashboard", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        num=labels.num,
+        jst=labels.jst,
+        status_label=labels.status_label,
+        channel_label=labels.channel_label,
+        state_label=labels.campaign_state_label,
+        reject_field_label=labels.reject_field_label,
+    )
+    env.globals.update(
+        STATUS_ORDER=[s.value for s in labels.STATUS_ORDER],
+        CHANNELS=[c.value for c in Channel],
+        CSRF_FIELD=CSRF_FIELD,
+        percent=labels.percent,
+        CHART_RANGES=CHART_RANGES,
+    )
     return env
 
 
@@ -47,8 +63,9 @@ def runtime_of(request: Request) -> Runtime:
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     env: Environment = request.app.state.templates
     principal = getattr(request.state, "principal", None)
-    html = env.get_template(name).render(request=request, csrf=principal.csrf if principal else None,
-                                         signed_in=principal is not None, **context)
+    html = env.get_template(name).render(
+        request=request, csrf=principal.csrf if principal else None, signed_in=principal is not None, **context
+    )
     return HTMLResponse(html, status_code=status_code)
 
 
@@ -67,8 +84,12 @@ async def login(request: Request) -> Response:
     token, next_path = form.get("token"), safe_next(str(form.get("next") or "/"))
     outcome = auth.check_token(request, token if isinstance(token, str) else "")
     if isinstance(outcome, Paced):
-        response = login_form(request, status_code=429, next_path=next_path,
-                              error="失敗が続いたため、しばらく受け付けません。時間をおいてお試しください。")
+        response = login_form(
+            request,
+            status_code=429,
+            next_path=next_path,
+            error="失敗が続いたため、しばらく受け付けません。時間をおいてお試しください。",
+        )
         response.headers["Retry-After"] = retry_after(outcome.seconds)
         return response
     if outcome is None:
@@ -86,8 +107,9 @@ async def logout(request: Request) -> Response:
         # Revoked server-side: a copy of the cookie kept elsewhere no longer works either.
         auth_of(request).sessions.end(session)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
-                           secure=auth_of(request).secure_cookies)
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=auth_of(request).secure_cookies
+    )
     return response
 
 
@@ -119,10 +141,15 @@ async def campaign_page(request: Request) -> Response:
         view = campaign_view(rt, campaign_id)
         if view is None:
             return None
-        page_ = queries.delivery_page(rt.ledger, campaign_id, status=status, channel=channel, after=after,
-                                      before=before)
-        return {"view": view, "detail": detail_json(rt, view), "deliveries": page_,
-                "chart_svg": chart(rt, view, minutes, request.app.state.sends)}
+        page_ = queries.delivery_page(
+            rt.ledger, campaign_id, status=status, channel=channel, after=after, before=before
+        )
+        return {
+            "view": view,
+            "detail": detail_json(rt, view),
+            "deliveries": page_,
+            "chart_svg": chart(rt, view, minutes, request.app.state.sends),
+        }
 
     data = await run_in_threadpool(load)
     if data is None:

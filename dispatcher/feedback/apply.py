@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .. import clock
+from dispatcher.core import clock
+from dispatcher.core.states import Channel, Status
+
 from ..ledger import Ledger
 from ..ledger.store import Delivery
-from ..states import Channel, Status
 from .events import MAX_EVENT_TYPE, SOURCES, Kind, ProviderEvent
 
 log = logging.getLogger(__name__)

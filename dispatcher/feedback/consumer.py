@@ -76,7 +76,7 @@ def _check_topic(rt: Runtime, envelope: dict[str, Any] | None) -> None:
 
 
 def _now() -> Any:
-    from .. import clock
+    from dispatcher.core import clock
 
     return clock.now()
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from ..privacy import safe_code as privacy_safe_code
+from dispatcher.core.privacy import safe_code as privacy_safe_code
 
 
 class Kind(StrEnum):
@@ -41,9 +41,11 @@ SOURCES: dict[str, tuple[str, str]] = {
 MAX_MESSAGE_ID = 200
 MAX_EVENT_TYPE = 64
 MAX_REFERENCE = 64
+
+
 def safe_code(value: object) -> str:
     """A provider status code as it may be stored, or "" when it is not one (free text, too long, a number
-    that could be a phone): :func:`dispatcher.privacy.safe_code`, as text."""
+    that could be a phone): :func:`dispatcher.core.privacy.safe_code`, as text."""
     return privacy_safe_code(value) or ""
 
 

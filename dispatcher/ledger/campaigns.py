@@ -1,4 +1,4 @@
-"""Campaigns: the definition as loaded, the templates snapshotted at enqueue time, and the campaign's state."""
+"""CampaignLedger: the definition as loaded, the templates snapshotted at enqueue time, and the campaign's state."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from .. import clock
-from ..campaign import Campaign, campaign_to_dict, parse_campaign
-from .connection import LedgerBase
+from dispatcher.core import clock
+from dispatcher.core.campaign import Campaign, campaign_to_dict, parse_campaign
+
+from .connection import BaseLedger
 from .records import CampaignRecord
 from .schema import (
     campaigns,
@@ -18,7 +19,7 @@ from .schema import (
 log = logging.getLogger(__name__)
 
 
-class Campaigns(LedgerBase):
+class CampaignLedger(BaseLedger):
     def save_campaign(self, campaign: Campaign, templates: dict[str, str]) -> None:
         now = clock.now()
         definition = campaign_to_dict(campaign)

@@ -14,8 +14,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
-from .. import clock
-from ..errors import ConfigError
+from dispatcher.core import clock
+from dispatcher.core.errors import ConfigError
+
 from .records import CampaignRecord
 from .schema import (
     SCHEMA_VERSION,
@@ -42,7 +43,7 @@ def _private_sqlite_file(database: str) -> None:
     and ``-journal`` files the database file's mode, and the Python API may run under umask 022."""
     import os
 
-    from ..private import FILE_MODE, create_private_file, private_dir, tighten
+    from dispatcher.core.private import FILE_MODE, create_private_file, private_dir, tighten
 
     private_dir(os.path.dirname(os.path.abspath(database)))
     create_private_file(database)
@@ -66,7 +67,7 @@ def _engine(url: str, *, immediate: bool) -> Engine:
     raise ConfigError(f"DISPATCHER_DATABASE_URL: unsupported database '{parsed.get_backend_name()}'")
 
 
-class LedgerBase:
+class BaseLedger:
     """The engines, the connections, and what the parts share (caches, prepared statements)."""
 
     def __init__(self, url: str) -> None:

@@ -7,7 +7,7 @@ import random
 
 from sqlalchemy import Connection, func, select
 
-from .connection import LedgerBase
+from .connection import BaseLedger
 from .schema import (
     deliveries,
     delivery_counts,
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 COUNT_SHARDS = 16
 
 
-class Counters(LedgerBase):
+class CounterLedger(BaseLedger):
     def _bump(self, conn: Connection, campaign_id: str, channel: str, status: str, by: int) -> None:
         stmt = self._insert(delivery_counts).values(
             campaign_id=campaign_id, channel=channel, status=status, shard=random.randrange(COUNT_SHARDS), n=by

@@ -8,9 +8,10 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, func, or_, select, update
 
-from .. import clock
-from ..states import CLAIMABLE, PENDING, Status
-from .connection import LedgerBase
+from dispatcher.core import clock
+from dispatcher.core.states import CLAIMABLE, PENDING, Status
+
+from .connection import BaseLedger
 from .records import Delivery
 from .schema import (
     campaigns,
@@ -34,7 +35,7 @@ _FOR_SEND = select(
 _FOR_SEND_MANY = _FOR_SEND.where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
 
 
-class Deliveries(LedgerBase):
+class DeliveryLedger(BaseLedger):
     def get(self, delivery_id: int) -> Delivery | None:
         with self._one_statement() as conn:
             row = conn.execute(_GET, {"id": delivery_id}).first()

@@ -9,9 +9,10 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
 
-from .. import clock
-from ..states import Status
-from .connection import LedgerBase
+from dispatcher.core import clock
+from dispatcher.core.states import Status
+
+from .connection import BaseLedger
 from .schema import (
     deliveries,
     provider_events,
@@ -27,7 +28,7 @@ _EVENTS_WAITING_MANY = (
 )
 
 
-class Events(LedgerBase):
+class EventLedger(BaseLedger):
     def events_waiting_for(self, message_ids: Iterable[str]) -> set[str]:
         """Which of these message ids have an event waiting for their send to be recorded (one query)."""
         wanted = list(dict.fromkeys(message_ids))
@@ -126,7 +127,7 @@ class Events(LedgerBase):
     def pending_events(
         self, message_id: str | None = None, limit: int = 1000, *, received_after: datetime | None = None
     ) -> list[dict[str, Any]]:
-        """Events waiting for their send, oldest first; ``received_after``: only those not yet expired."""
+        """EventLedger waiting for their send, oldest first; ``received_after``: only those not yet expired."""
         stmt = select(provider_events).where(provider_events.c.applied == 0)
         if message_id is not None:
             stmt = stmt.where(provider_events.c.message_id == message_id)

@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .. import clock
-from .connection import LedgerBase
+from dispatcher.core import clock
+
+from .connection import BaseLedger
 from .schema import (
     imports,
 )
@@ -16,7 +17,7 @@ from .schema import (
 log = logging.getLogger(__name__)
 
 
-class Imports(LedgerBase):
+class ImportLedger(BaseLedger):
     def record_import(
         self,
         campaign_id: str,

@@ -13,11 +13,12 @@ from typing import Any
 from sqlalchemy import and_, bindparam, or_, select, text, update
 from sqlalchemy.sql.elements import ClauseElement
 
-from .. import clock
-from ..errors import IllegalTransition
-from ..states import CLAIMABLE, Status, check, sources_of
+from dispatcher.core import clock
+from dispatcher.core.errors import IllegalTransition
+from dispatcher.core.states import CLAIMABLE, Status, check, sources_of
+
 from .counters import COUNT_SHARDS
-from .deliveries import Deliveries
+from .deliveries import DeliveryLedger
 from .records import _DELIVERY_FIELDS, _SLIM_KEYS, Delivery
 from .schema import (
     deliveries,
@@ -36,7 +37,7 @@ _BUMP_MOVE = text(
 )
 
 
-class Moves(Deliveries):
+class MoveLedger(DeliveryLedger):
     @staticmethod
     def _build_move(new_values: dict[str, Any], *, claim: bool, exact: bool) -> Any:
         """The compare-and-set UPDATE ... RETURNING of a move."""

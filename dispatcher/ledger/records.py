@@ -7,8 +7,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from ..campaign import Campaign
-from ..states import Channel, Status
+from dispatcher.core.campaign import Campaign
+from dispatcher.core.states import Channel, Status
 
 log = logging.getLogger(__name__)
 

@@ -7,17 +7,17 @@ never both win, and a move the state table forbids is refused, not applied.
 
 from __future__ import annotations
 
-from .additions import Additions, _json_dumps
-from .campaigns import Campaigns
+from .campaigns import CampaignLedger
 from .counters import COUNT_SHARDS
-from .events import Events
-from .imports import Imports
-from .moves import Moves
+from .events import EventLedger
+from .imports import ImportLedger
+from .moves import MoveLedger
+from .new_deliveries import NewDeliveryLedger, _json_dumps
 from .records import CampaignRecord, Delivery
-from .suppression import Suppression
+from .suppression import SuppressionLedger
 
 __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"]
 
 
-class Ledger(Campaigns, Additions, Moves, Imports, Suppression, Events):
-    """The ledger, composed of its parts (each a mixin over :class:`~.connection.LedgerBase`)."""
+class Ledger(CampaignLedger, NewDeliveryLedger, MoveLedger, ImportLedger, SuppressionLedger, EventLedger):
+    """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""

@@ -7,9 +7,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .. import clock
-from ..states import Channel
-from .connection import LedgerBase
+from dispatcher.core import clock
+from dispatcher.core.states import Channel
+
+from .connection import BaseLedger
 from .schema import (
     suppressions,
 )
@@ -17,7 +18,7 @@ from .schema import (
 log = logging.getLogger(__name__)
 
 
-class Suppression(LedgerBase):
+class SuppressionLedger(BaseLedger):
     def is_suppressed(self, contact: str) -> str | None:
         with self.read() as conn:
             return conn.execute(select(suppressions.c.reason).where(suppressions.c.contact == contact)).scalar()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError, ProviderError
-from ..settings import Settings
-from ..states import Channel
+from dispatcher.core.errors import ConfigError, ProviderError
+from dispatcher.core.settings import Settings
+from dispatcher.core.states import Channel
+
 from . import http_sms, outbox, ses, sms_voice_v2, smtp, sns  # noqa: F401  (registration)
 from .base import OutgoingEmail, OutgoingSms, Provider, SendResult, provider_class
 

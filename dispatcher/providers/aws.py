@@ -19,17 +19,35 @@ from botocore.exceptions import (
     NoRegionError,
 )
 
-from ..errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled, TransientError
-from ..privacy import safe_code
-from ..settings import Settings
+from dispatcher.core.errors import (
+    AmbiguousOutcome,
+    ConfigError,
+    PermanentError,
+    ProviderError,
+    Throttled,
+    TransientError,
+)
+from dispatcher.core.privacy import safe_code
+from dispatcher.core.settings import Settings
 
 THROTTLING = {
-    "Throttling", "ThrottlingException", "TooManyRequestsException", "Throttled", "LimitExceededException",
-    "RequestLimitExceeded", "KMSThrottlingException", "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "Throttled",
+    "LimitExceededException",
+    "RequestLimitExceeded",
+    "KMSThrottlingException",
+    "SlowDown",
 }
 TRANSIENT = {
-    "InternalFailure", "InternalError", "InternalServerError", "ServiceUnavailable",
-    "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
+    "InternalFailure",
+    "InternalError",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "RequestTimeout",
+    "RequestTimeoutException",
 }
 
 

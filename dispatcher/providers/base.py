@@ -15,9 +15,9 @@ from email.policy import SMTP
 from functools import cached_property
 from typing import ClassVar, cast
 
-from ..errors import ProviderError, TransientError
-from ..settings import Settings
-from ..states import Channel
+from dispatcher.core.errors import ProviderError, TransientError
+from dispatcher.core.settings import Settings
+from dispatcher.core.states import Channel
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class OutgoingEmail:
     reference: str
     campaign_id: str
     to: str
-    #: The MIME message: its bytes (:func:`dispatcher.mime.build_raw`) or a message object.
+    #: The MIME message: its bytes (:func:`dispatcher.sending.mime.build_raw`) or a message object.
     content: EmailMessage | bytes
 
     @cached_property

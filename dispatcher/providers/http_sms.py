@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .. import clock
-from ..errors import (
+from dispatcher.core import clock
+from dispatcher.core.errors import (
     AmbiguousOutcome,
     ConfigError,
     DispatcherError,
@@ -41,10 +41,11 @@ from ..errors import (
     Throttled,
     TransientError,
 )
+from dispatcher.core.privacy import safe_code
+from dispatcher.core.settings import Settings
+from dispatcher.core.states import Channel, Status
+
 from ..feedback.events import MAX_EVENT_TYPE, MAX_MESSAGE_ID, MAX_REFERENCE, Kind, ProviderEvent
-from ..privacy import safe_code
-from ..settings import Settings
-from ..states import Channel, Status
 from .base import Outgoing, OutgoingSms, Provider, SendResult, register
 
 SIGNATURE_HEADER = "X-Gateway-Signature"
@@ -111,8 +112,11 @@ class HttpGatewaySms(Provider):
             return SendResult(self.name, _accepted_id(response))
         code = _error_code(response)
         if status == 429:
-            raise Throttled(f"http: gateway throttled (HTTP 429, {code})", code=code,
-                            retry_after=_retry_after(response.headers.get("Retry-After")))
+            raise Throttled(
+                f"http: gateway throttled (HTTP 429, {code})",
+                code=code,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
         if status >= 500:
             raise TransientError(f"http: gateway error (HTTP {status}, {code})", code=code)
         raise PermanentError(f"http: gateway refused the message (HTTP {status}, {code})", code=code)
@@ -120,8 +124,9 @@ class HttpGatewaySms(Provider):
     def translate(self, exc: Exception) -> ProviderError:
         # Nothing reached the gateway: safe to try again.
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-            return TransientError(f"http: could not connect to the gateway ({type(exc).__name__})",
-                                  code=type(exc).__name__)
+            return TransientError(
+                f"http: could not connect to the gateway ({type(exc).__name__})", code=type(exc).__name__
+            )
         # The request (or part of it) left: the gateway may have taken the message.
         if isinstance(exc, httpx.TransportError):
             return AmbiguousOutcome(f"http: answer lost ({type(exc).__name__})", code=type(exc).__name__)
@@ -264,8 +269,15 @@ def parse_receipt(body: bytes | str) -> list[Receipt]:
 def receipt_events(body: bytes | str) -> list[ProviderEvent]:
     """A verified receipt body as normalised provider events (what ``/feedback/sms-gateway`` applies)."""
     return [
-        ProviderEvent("http-gateway", r.gateway_status, r.kind, r.message_id, r.at or clock.now(),
-                      code=r.code or safe_code(r.gateway_status), reference=r.reference)
+        ProviderEvent(
+            "http-gateway",
+            r.gateway_status,
+            r.kind,
+            r.message_id,
+            r.at or clock.now(),
+            code=r.code or safe_code(r.gateway_status),
+            reference=r.reference,
+        )
         for r in parse_receipt(body)
     ]
 

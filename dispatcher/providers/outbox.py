@@ -11,10 +11,11 @@ import threading
 import uuid
 from pathlib import Path
 
-from .. import clock
-from ..errors import PermanentError
-from ..private import FILE_MODE, private_dir
-from ..states import Channel
+from dispatcher.core import clock
+from dispatcher.core.errors import PermanentError
+from dispatcher.core.private import FILE_MODE, private_dir
+from dispatcher.core.states import Channel
+
 from .base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult, register
 
 _lock = threading.Lock()

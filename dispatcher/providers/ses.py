@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..settings import Settings
-from ..states import Channel
+from dispatcher.core.settings import Settings
+from dispatcher.core.states import Channel
+
 from . import aws
 from .base import Outgoing, OutgoingEmail, Provider, SendResult, register
 
 PERMANENT = {
-    "MessageRejected", "MailFromDomainNotVerifiedException", "BadRequestException", "NotFoundException",
-    "AccountSuspendedException", "SendingPausedException", "InvalidParameterValue",
+    "MessageRejected",
+    "MailFromDomainNotVerifiedException",
+    "BadRequestException",
+    "NotFoundException",
+    "AccountSuspendedException",
+    "SendingPausedException",
+    "InvalidParameterValue",
 }
 
 

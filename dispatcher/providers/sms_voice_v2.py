@@ -14,17 +14,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import clock
-from ..errors import PermanentError, ProviderError, TransientError
-from ..settings import Settings
-from ..states import Channel
+from dispatcher.core import clock
+from dispatcher.core.errors import PermanentError, ProviderError, TransientError
+from dispatcher.core.settings import Settings
+from dispatcher.core.states import Channel
+
 from . import aws
 from .base import Outgoing, OutgoingSms, Provider, SendResult, register
 
 #: ``TimeToLive`` bounds (seconds) in the service model.
 TTL_MIN, TTL_MAX = 5, 259_200
 PERMANENT = {
-    "ValidationException", "ConflictException", "ResourceNotFoundException", "AccessDeniedException",
+    "ValidationException",
+    "ConflictException",
+    "ResourceNotFoundException",
+    "AccessDeniedException",
 }
 #: Spend limits and quotas are lifted by an operator, not by the recipient: do not fail people for good.
 QUOTA = {"ServiceQuotaExceededException"}

@@ -25,9 +25,17 @@ from email.message import EmailMessage
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from ..errors import AmbiguousOutcome, ConfigError, PermanentError, ProviderError, Throttled, TransientError
-from ..settings import Settings
-from ..states import Channel
+from dispatcher.core.errors import (
+    AmbiguousOutcome,
+    ConfigError,
+    PermanentError,
+    ProviderError,
+    Throttled,
+    TransientError,
+)
+from dispatcher.core.settings import Settings
+from dispatcher.core.states import Channel
+
 from .base import Outgoing, OutgoingEmail, Provider, SendResult, register
 
 Security = Literal["plain", "starttls", "tls"]
@@ -250,8 +258,7 @@ def translate(exc: BaseException) -> ProviderError:
     if isinstance(exc, TimeoutError):
         return TransientError("smtp: timed out before sending", code="Timeout")
     if isinstance(exc, smtplib.SMTPException | OSError):
-        return TransientError(f"smtp: could not talk to the server ({type(exc).__name__})",
-                              code=type(exc).__name__)
+        return TransientError(f"smtp: could not talk to the server ({type(exc).__name__})", code=type(exc).__name__)
     return TransientError(f"smtp: {type(exc).__name__}", code=type(exc).__name__)
 
 

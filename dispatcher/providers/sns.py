@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..settings import Settings
-from ..states import Channel
+from dispatcher.core.settings import Settings
+from dispatcher.core.states import Channel
+
 from . import aws
 from .base import Outgoing, OutgoingSms, Provider, SendResult, register
 
@@ -30,13 +31,12 @@ class SnsSms(Provider):
             attributes["AWS.SNS.SMS.SenderID"] = {"DataType": "String", "StringValue": self.settings.sms_sender_id}
         if self.settings.sms_origination_number:
             attributes["AWS.MM.SMS.OriginationNumber"] = {
-                "DataType": "String", "StringValue": self.settings.sms_origination_number,
+                "DataType": "String",
+                "StringValue": self.settings.sms_origination_number,
             }
         if self.settings.sms_max_price:
             attributes["AWS.SNS.SMS.MaxPrice"] = {"DataType": "Number", "StringValue": self.settings.sms_max_price}
-        response = self.client.publish(
-            PhoneNumber=outgoing.to, Message=outgoing.text, MessageAttributes=attributes
-        )
+        response = self.client.publish(PhoneNumber=outgoing.to, Message=outgoing.text, MessageAttributes=attributes)
         return SendResult(self.name, response["MessageId"])
 
     def translate(self, exc: Exception) -> Any:

@@ -1,0 +1,199 @@
+"""Commands about one campaign's lists and numbers: enqueue, status, plan, check, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from dispatcher.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_REJECTS,
+    cli,
+    err,
+    fail,
+    install_runtime,
+    out,
+    redis_available,
+    settings_or_exit,
+    status_table,
+)
+from dispatcher.core import clock
+from dispatcher.core.errors import ConfigError, InputError
+from dispatcher.core.settings import Settings
+
+
+# enqueue ---------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("campaign_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipients_csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write rejected rows (default: beside the input, *.rejects.csv).",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and report; write nothing to the ledger, send nothing.")
+def enqueue(campaign_file: Path, recipients_csv: Path, rejects_path: Path | None, dry_run: bool) -> None:
+    """Validate RECIPIENTS_CSV and add its people to the campaign in CAMPAIGN_FILE."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from dispatcher.intake.enqueue import enqueue_campaign
+
+    settings = settings_or_exit()
+    if not recipients_csv.is_file():
+        fail(f"recipient list not found: {recipients_csv}")
+    try:
+        with redis_available(settings) if not dry_run else _nothing(settings) as live:
+            if not dry_run:
+                install_runtime(live)
+            size = recipients_csv.stat().st_size
+            show = size > 1_000_000 and err.is_terminal
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                disable=not show,
+            ) as bar:
+                task = bar.add_task("enqueue", total=size)
+                result = enqueue_campaign(
+                    campaign_file,
+                    recipients_csv,
+                    rejects_path=rejects_path,
+                    dry_run=dry_run,
+                    settings=live,
+                    progress=lambda n: bar.update(task, completed=n),
+                )
+    except (ConfigError, InputError) as exc:
+        fail(str(exc))
+        return
+    summary = Table(title=f"campaign {result.campaign_id}" + (" (dry run)" if dry_run else ""), show_header=False)
+    for label, value in [
+        ("rows read", result.rows),
+        ("accepted", result.accepted),
+        ("  new", result.new),
+        ("  already in the campaign", result.already_present),
+        ("  email", result.by_channel["email"]),
+        ("  sms", result.by_channel["sms"]),
+        ("  sms parts", result.sms_parts),
+        ("  flagged (legacy carrier address)", result.flagged),
+        ("rejected", result.rejected),
+    ]:
+        summary.add_row(label, f"{value:,}")
+    if result.encoding:
+        summary.add_row("encoding", result.encoding)
+    if result.rejects_path:
+        summary.add_row("rejects file", str(result.rejects_path))
+    out.print(summary)
+    for rejected in result.rejects[:20]:
+        err.print(f"  row {rejected.row}: {rejected.reason}", highlight=False, markup=False)
+    if result.rejected > 20:
+        err.print(f"  … and {result.rejected - 20:,} more in {result.rejects_path}", highlight=False)
+    sys.exit(EXIT_REJECTS if result.rejected else EXIT_OK)
+
+
+@contextmanager
+def _nothing(settings: Settings) -> Iterator[Settings]:
+    yield settings
+
+
+# status ----------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (SPEC §9 shape).")
+def status(campaign_id: str, as_json: bool) -> None:
+    """Counts of deliveries by state and channel."""
+    from dispatcher.ledger import Ledger
+    from dispatcher.operations.status import campaign_status
+
+    settings = settings_or_exit()
+    ledger = Ledger(settings.ledger_url)
+    if ledger.campaign(campaign_id) is None:
+        fail(f"no campaign '{campaign_id}' in the ledger", EXIT_FAIL)
+    data = campaign_status(ledger, campaign_id)
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False))
+        return
+    out.print(status_table(data))
+
+
+# policy: plan and check -----------------------------------------------------------------------
+@cli.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--strict", is_flag=True, help="Exit 1 when the campaign cannot finish before send_by.")
+def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
+    """When will the rest of the campaign be sent, and is that before send_by?"""
+    from dispatcher.ledger import Ledger
+    from dispatcher.operations.plan import make_plan
+
+    settings = settings_or_exit()
+    ledger = Ledger(settings.ledger_url)
+    record = ledger.campaign(campaign_id)
+    if record is None:
+        fail(f"no campaign '{campaign_id}' in the ledger", EXIT_FAIL)
+        return
+    result = make_plan(record.campaign, ledger.pending_work(campaign_id), settings, clock.now())
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+    else:
+        table = Table(title=f"plan for {campaign_id} (send_by {record.campaign.send_by.isoformat()})")
+        for column in ("channel", "remaining", "units", "rate/s", "quota/day", "finish", "note"):
+            table.add_column(column)
+        for c in result.channels:
+            table.add_row(
+                c.channel,
+                f"{c.remaining:,}",
+                f"{c.units:,}",
+                "—" if c.rate is None else f"{c.rate:g}",
+                "—" if c.daily_quota is None else f"{c.daily_quota:,}",
+                c.finish.astimezone(clock.JST).strftime("%Y-%m-%d %H:%M JST") if c.finish else "—",
+                c.note,
+            )
+        out.print(table)
+        if result.will_finish:
+            out.print("[green]can finish before send_by[/]")
+        else:
+            out.print(
+                f"[bold red]WILL MISS send_by[/]: projected finish {result.finish}, send_by {record.campaign.send_by}"
+            )
+    if strict and not result.will_finish:
+        sys.exit(EXIT_FAIL)
+
+
+@cli.command()
+@click.argument("campaign_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipients_csv", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(campaign_file: Path, recipients_csv: Path | None, as_json: bool) -> None:
+    """Preflight: every finding pass/warn/fail with a reason; exit 1 on any fail."""
+    from dispatcher.operations.check import Level, run_checks
+
+    settings = settings_or_exit()
+    if recipients_csv is not None and not recipients_csv.is_file():
+        fail(f"recipient list not found: {recipients_csv}")
+    findings = run_checks(campaign_file, recipients_csv, settings)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{"check": f.name, "result": f.level.value, "reason": f.reason} for f in findings], ensure_ascii=False
+            )
+        )
+    else:
+        colour = {Level.PASS: "green", Level.WARN: "yellow", Level.FAIL: "bold red"}
+        table = Table(title=f"preflight {campaign_file}")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("reason", overflow="fold")
+        for f in findings:
+            table.add_row(f.name, f"[{colour[f.level]}]{f.level.value.upper()}[/]", f.reason)
+        out.print(table)
+    sys.exit(EXIT_FAIL if any(f.level is Level.FAIL for f in findings) else EXIT_OK)

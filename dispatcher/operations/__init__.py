@@ -1,0 +1,1 @@
+"""What an operator does with a campaign: pause, resume, cancel, resend, sweep, report, status, plan, check."""

@@ -1,0 +1,72 @@
+"""Recovery from the ledger (SPEC §4): what the broker lost is found again here.
+
+- ``sending`` left by a dead worker for longer than ``stale_sending_seconds`` becomes ``unknown``
+  (never resent by itself: the provider may have it);
+- ``queued``/``retrying`` deliveries of a campaign past its send-by become ``expired``;
+- ``queued``/``retrying`` deliveries whose time has come are handed to the broker again. The atomic
+  claim makes a duplicate message harmless, so re-sending a message is always safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from dispatcher.core import clock
+from dispatcher.core.states import Status
+from dispatcher.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: Periodic sweeps leave alone what was handed to the broker more recently than this, unless the
+#: broker's queue is empty (then everything due was lost and goes back at once).
+REDISPATCH_GRACE = timedelta(minutes=15)
+
+
+@dataclass
+class SweepResult:
+    unknown: int = 0
+    expired: int = 0
+    redispatched: int = 0
+
+
+def sweep(
+    rt: Runtime, dispatch: Callable[[list[int]], None], *, everything: bool = True, queue_empty: bool = True
+) -> SweepResult:
+    ledger = rt.ledger
+    now = clock.now()
+    result = SweepResult()
+    for delivery_id in ledger.stale_sending(now - timedelta(seconds=rt.settings.stale_sending_seconds)):
+        moved = ledger.move(
+            delivery_id,
+            Status.UNKNOWN,
+            actor="sweep",
+            expect=[Status.SENDING],
+            detail="worker stopped while sending; outcome unknown",
+        )
+        result.unknown += moved is not None
+    while ids := ledger.overdue(now):
+        moved = [ledger.move(i, Status.EXPIRED, actor="sweep", detail="send_by passed before sending") for i in ids]
+        result.expired += sum(m is not None for m in moved)
+        if not any(moved):
+            break
+    dispatched_before = None if everything or queue_empty else now - REDISPATCH_GRACE
+    after = 0
+    while True:
+        ids = ledger.due(now, after_id=after, limit=5000, dispatched_before=dispatched_before)
+        if not ids:
+            break
+        dispatch(ids)
+        ledger.mark_dispatched(ids, now)
+        result.redispatched += len(ids)
+        after = ids[-1]
+    if result.unknown or result.redispatched or result.expired:
+        log.info(
+            "sweep: %d stale sends marked unknown, %d expired, %d re-enqueued",
+            result.unknown,
+            result.expired,
+            result.redispatched,
+        )
+    return result
