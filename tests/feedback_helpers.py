@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 
 from dispatcher.core.settings import load_settings
+from dispatcher.core.states import Status
 from dispatcher.intake.enqueue import enqueue_campaign
 from dispatcher.ledger.store import Delivery
 from dispatcher.runtime import Runtime
@@ -64,7 +65,7 @@ def send_campaign(rt: Runtime, tmp_path: Path, rows: list[dict], campaign_id: st
     campaign = write_campaign(tmp_path, campaign_id)
     result = enqueue_campaign(campaign, rows, settings=rt.settings, ledger=rt.ledger, dispatch=lambda ids: None)
     assert result.rejected == 0, result.rejects
-    ids = rt.ledger.in_status(campaign_id, [s for s in __import__("dispatcher.core.states").states.Status])
+    ids = rt.ledger.in_status(campaign_id, list(Status))
     for delivery_id in ids:
         deliver(rt, delivery_id)
     return [d for d in (rt.ledger.get(i) for i in ids) if d is not None]

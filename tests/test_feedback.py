@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 
+from dispatcher.core.settings import load_settings
 from dispatcher.core.states import Status
 from dispatcher.feedback.apply import receive
 from dispatcher.feedback.events import Kind, parse_record
@@ -241,7 +242,7 @@ def test_signed_sns_notification_is_applied_and_a_forged_one_refused(rt, tmp_pat
 
     key, cert_name = sns_cert
     monkeypatch.setenv("DISPATCHER_SNS_TOPIC_ARNS", "arn:aws:sns:ap-northeast-1:1:ses")
-    runtime.use(type(rt)(__import__("dispatcher.core.settings").settings.load_settings()))
+    runtime.use(type(rt)(load_settings()))
     [d] = send_campaign(runtime.current(), tmp_path, person_rows(1, sms_every=100))
     message = {
         "Type": "Notification",
