@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dramatiq
@@ -67,7 +67,9 @@ class RedactTracebacks(Middleware):
 def build_broker(redis_url: str) -> RedisBroker:
     # A dead worker's messages come back after heartbeat_timeout; the ledger's claim makes the redelivery
     # harmless, so a short timeout only costs a few harmless re-reads.
-    broker = RedisBroker(url=redis_url, namespace=NAMESPACE, heartbeat_timeout=15_000, maintenance_chance=10_000)
+    broker = RedisBroker(  # type: ignore[no-untyped-call]  # dramatiq's constructor is unannotated
+        url=redis_url, namespace=NAMESPACE, heartbeat_timeout=15_000, maintenance_chance=10_000
+    )
     broker.add_middleware(RedactTracebacks())
     return broker
 
@@ -107,7 +109,7 @@ def queue_depth(broker: RedisBroker) -> int:
     return sum(int(broker.client.hlen(name)) for name in names)
 
 
-def enqueue_many(broker: RedisBroker, messages: list[dramatiq.Message], batch: int = 1000) -> None:
+def enqueue_many(broker: RedisBroker, messages: list[dramatiq.Message[Any]], batch: int = 1000) -> None:
     """Enqueue messages through one non-transactional pipeline per ``batch``.
 
     Dramatiq's own ``enqueue`` costs a round trip per message (~5,000/s here); this runs the broker's
@@ -134,7 +136,7 @@ def enqueue_many(broker: RedisBroker, messages: list[dramatiq.Message], batch: i
                     broker.heartbeat_timeout,
                     broker.dead_message_ttl,
                     0,
-                    broker._max_unpack_size(),
+                    broker._max_unpack_size(),  # type: ignore[no-untyped-call]
                     message.options["redis_message_id"],
                     message.encode(),
                 ]
@@ -253,6 +255,7 @@ def enqueue_ids(
         bodies = _encode(fmt, pick, chunk, rids, _uuid4_strings(len(chunk)))
         with broker.client.pipeline(transaction=True) as pipe:
             pipe.zadd(heartbeats, {broker.broker_id: stamp})
-            pipe.hset(f"{queue_key}.msgs", mapping=bodies)
+            mapping: Mapping[Any, Any] = bodies  # redis-py's key type is a union; ours are str
+            pipe.hset(f"{queue_key}.msgs", mapping=mapping)
             pipe.rpush(queue_key, *rids)
             pipe.execute()

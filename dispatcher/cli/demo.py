@@ -175,7 +175,9 @@ def run_demo(settings: Settings, *, size: int, directory: Path, console: Console
             find_campaign_file(), recipients, settings=live, ledger=rt.ledger, dispatch=dispatch_ids
         )
         console.print(f"demo: enqueued {result.new} deliveries, rejected {result.rejected}")
-        worker = dramatiq.Worker(broker.installed(), worker_threads=8, worker_timeout=100)
+        installed = broker.installed()
+        assert installed is not None  # installed by install_runtime above
+        worker = dramatiq.Worker(installed, worker_threads=8, worker_timeout=100)
         worker.start()
         try:
             deadline = time.monotonic() + 300

@@ -186,12 +186,11 @@ def resend(campaign_id: str, statuses: str, channel: str | None, via: str | None
         rt = install_runtime(live)
         from dispatcher.sending.actors import dispatch_ids
 
-        kwargs = {
-            "statuses": wanted,
-            "channel": Channel(channel) if channel else None,
-            "via": Channel(via) if via else None,
-        }
-        preview = operations.resend(rt, campaign_id, None, dry_run=True, **kwargs)
+        on_channel = Channel(channel) if channel else None
+        via_channel = Channel(via) if via else None
+        preview = operations.resend(
+            rt, campaign_id, None, statuses=wanted, channel=on_channel, via=via_channel, dry_run=True
+        )
         _print_resend(preview, "would resend")
         if dry_run or not preview.requeued:
             return
@@ -199,7 +198,7 @@ def resend(campaign_id: str, statuses: str, channel: str | None, via: str | None
             if not sys.stdin.isatty():
                 fail("refusing to resend without --yes (no terminal to ask on)", EXIT_FAIL)
             click.confirm(f"Resend {len(preview.requeued):,} deliveries?", abort=True)
-        done = operations.resend(rt, campaign_id, dispatch_ids, **kwargs)
+        done = operations.resend(rt, campaign_id, dispatch_ids, statuses=wanted, channel=on_channel, via=via_channel)
         _print_resend(done, "re-queued")
 
 

@@ -156,8 +156,8 @@ def _object(value: Any) -> dict[str, Any]:
 
 
 def _recipients(value: Any) -> list[dict[str, Any]]:
-    items = [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
-    return items or [{}]
+    items: list[dict[str, Any]] = [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
+    return items if items else [{}]
 
 
 def _message_id(value: Any, problem: str) -> str:

@@ -208,6 +208,7 @@ def enqueue_campaign(
     source: RecipientFile | None = None
     records: Iterator[tuple[int, dict[str, str] | None, str | None]]
     header: list[str]
+    rejects_file: Path | None
     if isinstance(recipients, str | Path):
         source = RecipientFile(Path(recipients))
         records = source.records()

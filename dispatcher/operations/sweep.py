@@ -48,9 +48,9 @@ def sweep(
         )
         result.unknown += moved is not None
     while ids := ledger.overdue(now):
-        moved = [ledger.move(i, Status.EXPIRED, actor="sweep", detail="send_by passed before sending") for i in ids]
-        result.expired += sum(m is not None for m in moved)
-        if not any(moved):
+        expired = [ledger.move(i, Status.EXPIRED, actor="sweep", detail="send_by passed before sending") for i in ids]
+        result.expired += sum(m is not None for m in expired)
+        if not any(expired):
             break
     dispatched_before = None if everything or queue_empty else now - REDISPATCH_GRACE
     after = 0

@@ -13,7 +13,7 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from functools import cached_property
-from typing import ClassVar, cast
+from typing import ClassVar
 
 from dispatcher.core.errors import ProviderError, TransientError
 from dispatcher.core.settings import Settings
@@ -41,7 +41,7 @@ class OutgoingEmail:
         content = self.content
         if isinstance(content, EmailMessage):
             return content
-        return cast(EmailMessage, email.message_from_bytes(content, policy=SMTP))
+        return email.message_from_bytes(content, policy=SMTP)
 
 
 @dataclass(frozen=True)

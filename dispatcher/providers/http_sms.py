@@ -275,7 +275,7 @@ def receipt_events(body: bytes | str) -> list[ProviderEvent]:
             r.kind,
             r.message_id,
             r.at or clock.now(),
-            code=r.code or safe_code(r.gateway_status),
+            code=r.code or safe_code(r.gateway_status) or "",
             reference=r.reference,
         )
         for r in parse_receipt(body)

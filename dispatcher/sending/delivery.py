@@ -350,7 +350,12 @@ def send_claimed(
         return _retry_later(rt, delivery, exc, provider.name, send_by)
 
     now = clock.now()
-    values = {"provider": provider.name, "provider_message_id": result.message_id, "reason": None, "last_event_at": now}
+    values: dict[str, object] = {
+        "provider": provider.name,
+        "provider_message_id": result.message_id,
+        "reason": None,
+        "last_event_at": now,
+    }
     if delivery.first_sent_at is None:
         values["first_sent_at"] = now
     if isinstance(outgoing, OutgoingSms):

@@ -18,7 +18,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, getaddresses, make_msgid
-from typing import Any
+from typing import Any, cast
 
 from dispatcher.core.errors import PermanentError
 from dispatcher.sending.render import Email
@@ -186,7 +186,7 @@ _VERBATIM = {
     DELIVERY_HEADER: re.compile(r"[!->@-~]+"),
     "Date": re.compile(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} [1-9]\d{3} \d\d:\d\d:\d\d [+-]\d{4}"),
 }
-_MAX_LINE_LENGTH = SMTP.max_line_length
+_MAX_LINE_LENGTH: int = SMTP.max_line_length or 78  # 78 is what the SMTP policy holds
 _DOT_ATOM = "[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+(?:[.][A-Za-z0-9!#$%&'*+/=^_`{|}~-]+)*"
 _DOT_ATOM_MSGID = re.compile(f"<{_DOT_ATOM}@[A-Za-z0-9-]+(?:[.][A-Za-z0-9-]+)*>")
 _MSGID_MOVES = _MAX_LINE_LENGTH - len("Message-ID: ") + 1
@@ -247,7 +247,7 @@ def _parse(name: str, value: str | Address) -> object:
 
 def _fold(name: str, header: object) -> bytes:
     # What the generator does for each header.
-    return SMTP.fold_binary(name, header)
+    return SMTP.fold_binary(name, cast(str, header))  # a header-registry object: a str subclass
 
 
 def _write(item: bytes | _Pending) -> bytes:
