@@ -27,6 +27,3 @@ def main() -> None:
     except DispatcherError as exc:
         fail(str(exc), EXIT_FAIL)
 
-
-if __name__ == "__main__":
-    main()
