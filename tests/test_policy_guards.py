@@ -22,9 +22,9 @@ from dispatcher.broker import keys
 from dispatcher.core import clock
 from dispatcher.core.settings import load_settings
 from dispatcher.core.states import Channel, Status
-from dispatcher.operations.sweep import sweep
 from dispatcher.sending.delivery import deliver
 from dispatcher.sending.policy import Limits
+from dispatcher.sending.sweep import sweep
 
 from . import policy_support
 from .faultproxy import FaultProxy, max_in_window

@@ -26,4 +26,3 @@ def main() -> None:
         fail(str(exc))
     except DispatcherError as exc:
         fail(str(exc), EXIT_FAIL)
-

@@ -35,7 +35,7 @@ def worker(processes: int, threads: int) -> None:
 @cli.command()
 def sweep() -> None:
     """Re-enqueue every queued/retrying delivery whose time has come; mark dead sends unknown."""
-    from dispatcher.operations.sweep import sweep as run_sweep
+    from dispatcher.sending.sweep import sweep as run_sweep
 
     settings = settings_or_exit()
     with redis_available(settings) as live:

@@ -55,7 +55,7 @@ def resume(
     rt: Runtime, campaign_id: str, dispatch: Callable[[list[int]], None], *, who: str | None = None
 ) -> OperationResult:
     """Resume sending: reset the circuit breaker and hand everything due to the broker again."""
-    from dispatcher.operations.sweep import sweep
+    from dispatcher.sending.sweep import sweep
 
     state = _require(rt, campaign_id)
     if state == "cancelled":

@@ -26,9 +26,9 @@ RESTART_BACKOFF_MAX = 30.0
 
 
 def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event) -> None:
-    from dispatcher.operations.sweep import sweep
     from dispatcher.runtime import Runtime
     from dispatcher.sending.actors import dispatch_ids
+    from dispatcher.sending.sweep import sweep
 
     rt = Runtime(settings)
     client = redis.Redis.from_url(settings.redis_url or "")
