@@ -93,6 +93,7 @@ class PostgresService:
         self.tmp: str | None = None
         self.pg_ctl: str | None = None
         self.admin_url: str | None = None
+        self.database = ""
 
     def start(self) -> str:
         explicit = os.environ.get("DISPATCHER_TEST_POSTGRES_URL")
@@ -103,8 +104,12 @@ class PostgresService:
         else:
             host, port = "127.0.0.1", self._start_throwaway()
         base = f"postgresql+psycopg://postgres@{host}:{port}"
-        self._create_database(f"{base}/postgres", "dispatcher_test")
-        return f"{base}/dispatcher_test"
+        # A database per test session: two suites on one machine (a CI run beside a developer's) never drop
+        # each other's tables.
+        self.database = f"dispatcher_test_{os.getpid()}"
+        self.admin_url = f"{base}/postgres"
+        self._create_database(self.admin_url, self.database)
+        return f"{base}/{self.database}"
 
     def _start_throwaway(self) -> int:
         bindir = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
@@ -151,6 +156,13 @@ class PostgresService:
             missing("PostgreSQL", str(exc).splitlines()[0])
 
     def stop(self) -> None:
+        if self.admin_url and not self.pg_ctl:
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
+            engine.dispose()
         if self.pg_ctl and self.tmp:
             subprocess.run([self.pg_ctl, "-D", self.tmp, "-m", "immediate", "stop"], stdout=subprocess.DEVNULL)
             shutil.rmtree(self.tmp, ignore_errors=True)
