@@ -6,7 +6,7 @@ import base64
 import json
 import os
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -210,28 +210,11 @@ def _signed(message: dict, key, cert_name: str) -> dict:
 
 @pytest.fixture
 def sns_cert(tmp_path, monkeypatch):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    from .sns_signing import make_signer
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
     folder = tmp_path / "certs"
-    folder.mkdir()
-    cert_name = f"SimpleNotificationService-{os.getpid()}-{id(key)}.pem"
-    (folder / cert_name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    made = make_signer(folder)
+    key, cert_name = made.key, made.cert_name
     monkeypatch.setenv("DISPATCHER_SNS_CERTIFICATE_DIR", str(folder))
     return key, cert_name
 

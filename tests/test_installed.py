@@ -458,29 +458,12 @@ class SnsSigner:
 
 
 def sns_signer(folder: Path) -> SnsSigner:
-    """A key of our own and its self-signed certificate, laid out as DISPATCHER_SNS_CERTIFICATE_DIR wants."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    """A key of our own and its self-signed certificate, laid out as DISPATCHER_SNS_CERTIFICATE_DIR wants
+    (the signing itself is done here, independently of the package's own string-to-sign)."""
+    from .sns_signing import make_signer
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    folder.mkdir()
-    cert_name = f"SimpleNotificationService-{secrets.token_hex(8)}.pem"
-    (folder / cert_name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return SnsSigner(key, cert_name)
+    made = make_signer(folder)
+    return SnsSigner(made.key, made.cert_name)
 
 
 @pytest.fixture

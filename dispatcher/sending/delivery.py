@@ -322,30 +322,13 @@ def send_claimed(
     try:
         result = _call(rt, provider, delivery, outgoing, slot)
     except AmbiguousOutcome as exc:
-        reason, code = _kept(exc, delivery)
-        log.warning("%s: outcome unknown, will not resend by itself: %s", who, reason)
-        ledger.move(
-            delivery.id,
-            Status.UNKNOWN,
-            actor="worker",
-            detail=reason,
-            provider_code=code,
-            values={"provider": provider.name, "reason": reason},
+        return _settle(
+            rt, delivery, provider.name, exc, Status.UNKNOWN, f"{who}: outcome unknown, will not resend by itself"
         )
-        return Outcome(Status.UNKNOWN)
     except PermanentError as exc:
-        reason, code = _kept(exc, delivery)
-        log.warning("%s: refused for good: %s", who, reason)
-        ledger.move(
-            delivery.id,
-            Status.FAILED,
-            actor="worker",
-            detail=reason,
-            provider_code=code,
-            values={"provider": provider.name, "reason": reason},
-        )
+        outcome = _settle(rt, delivery, provider.name, exc, Status.FAILED, f"{who}: refused for good")
         rt.breaker.record_failure(delivery.campaign_id)
-        return Outcome(Status.FAILED)
+        return outcome
     except ProviderError as exc:
         return _retry_later(rt, delivery, exc, provider.name, send_by)
 
@@ -385,6 +368,22 @@ def _kept(exc: ProviderError, delivery: Delivery) -> tuple[str, str]:
     when it is a short token."""
     secrets = (delivery.receipt_url, delivery.contact)
     return scrub(str(exc), secrets), safe_code(exc.code, secrets) or ""
+
+
+def _settle(rt: Runtime, delivery: Delivery, provider: str, exc: ProviderError, to: Status, what: str) -> Outcome:
+    """Record a send that ended for good (``failed``) or without an answer (``unknown``), with only what may
+    be kept of the provider's reply."""
+    reason, code = _kept(exc, delivery)
+    log.warning("%s: %s", what, reason)
+    rt.ledger.move(
+        delivery.id,
+        to,
+        actor="worker",
+        detail=reason,
+        provider_code=code,
+        values={"provider": provider, "reason": reason},
+    )
+    return Outcome(to)
 
 
 def _retry_later(rt: Runtime, delivery: Delivery, exc: ProviderError, provider: str, send_by: datetime) -> Outcome:
