@@ -168,3 +168,41 @@ def test_maintained_counters_match_the_rows(ledger: Ledger) -> None:
     assert ledger.count_rows("test-campaign") == expected
     ledger.recount("test-campaign")
     assert ledger.counts("test-campaign") == expected
+
+
+def test_a_first_wave_ledger_is_brought_up_to_date_without_losing_a_row(ledger: Ledger, ledger_url: str) -> None:
+    from sqlalchemy import func, select
+
+    from dispatcher.ledger.schema import SCHEMA_VERSION, deliveries, schema_version
+
+    ledger.add_deliveries("test-campaign", [make_row(i) for i in range(3)])
+    with ledger.write() as conn:  # what a version-1 program left: no sms_parts column, no status index
+        conn.exec_driver_sql("DROP INDEX ix_deliveries_status_not_before")
+        conn.exec_driver_sql("ALTER TABLE deliveries DROP COLUMN sms_parts")
+        conn.execute(schema_version.delete())
+        conn.execute(schema_version.insert().values(version=1, applied_at=clock.now()))
+    ledger.dispose()
+
+    again = Ledger(ledger_url)
+    try:
+        with again.read() as conn:
+            assert conn.execute(select(func.count()).select_from(deliveries)).scalar() == 3
+            assert conn.execute(select(func.max(schema_version.c.version))).scalar() == SCHEMA_VERSION == 2
+            assert conn.execute(select(deliveries.c.sms_parts)).scalars().all() == [None] * 3
+        from sqlalchemy import inspect
+
+        with again.read() as conn:
+            assert "ix_deliveries_status_not_before" in {i["name"] for i in inspect(conn).get_indexes("deliveries")}
+        Ledger(ledger_url).dispose()  # a second start finds nothing to add
+    finally:
+        again.dispose()
+
+
+def test_a_ledger_from_a_newer_program_is_refused(ledger: Ledger, ledger_url: str) -> None:
+    from dispatcher.core.errors import ConfigError
+    from dispatcher.ledger.schema import schema_version
+
+    with ledger.write() as conn:
+        conn.execute(schema_version.insert().values(version=99, applied_at=clock.now()))
+    with pytest.raises(ConfigError, match="newer than this program"):
+        Ledger(ledger_url)

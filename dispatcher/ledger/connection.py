@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.schema import CreateIndex
 
 from dispatcher.core import clock
 from dispatcher.core.errors import ConfigError
@@ -97,14 +98,41 @@ class BaseLedger:
             yield conn
 
     def migrate(self) -> None:
-        """Create missing tables and record the schema version (the program owns its schema)."""
+        """Create missing tables, add missing columns and indexes, record the schema version.
+
+        The program owns its schema and changes it only by addition: a new table, a nullable column or an
+        index declared in :mod:`.schema` is created here on the first start of a newer program, so a ledger
+        written by an earlier version keeps every row. Several processes may start at once: PostgreSQL
+        takes ``IF NOT EXISTS``; SQLite serialises writers, and the check runs inside the write lock.
+        """
         metadata.create_all(self._writer)
         with self.write() as conn:
+            self._add_missing(conn)
             current = conn.execute(select(func.max(schema_version.c.version))).scalar()
-            if current is None:
-                conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=clock.now()))
-            elif current > SCHEMA_VERSION:
+            if current is not None and current > SCHEMA_VERSION:
                 raise ConfigError(f"ledger schema version {current} is newer than this program ({SCHEMA_VERSION})")
+            if current is None or current < SCHEMA_VERSION:
+                record = self._insert(schema_version).values(version=SCHEMA_VERSION, applied_at=clock.now())
+                conn.execute(record.on_conflict_do_nothing(index_elements=[schema_version.c.version]))
+
+    def _add_missing(self, conn: Connection) -> None:
+        found = inspect(conn)
+        for table in metadata.sorted_tables:
+            have = {column["name"] for column in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                if not column.nullable and column.server_default is None:
+                    raise ConfigError(f"ledger schema: new column {table.name}.{column.name} must be nullable")
+                kind = column.type.compile(dialect=conn.dialect)
+                guard = "IF NOT EXISTS " if self.dialect == "postgresql" else ""
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {guard}"{column.name}" {kind}')
+                log.info("ledger schema: added column %s.%s", table.name, column.name)
+            indexes = {index["name"] for index in found.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in indexes:
+                    conn.execute(CreateIndex(index, if_not_exists=True))
+                    log.info("ledger schema: added index %s", index.name)
 
     def dispose(self) -> None:
         self._reader.dispose()

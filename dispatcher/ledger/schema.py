@@ -63,6 +63,11 @@ campaigns = Table(
     Column("state_reason", Text),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    #: Second wave: a reminder run is a campaign of its own (its own deliveries, the same machinery), made
+    #: from its parent's definition; ``purpose`` names what it is for (``reminder:<template>``).
+    Column("parent_id", String(64)),
+    Column("purpose", String(80)),
+    Index("ix_campaigns_parent", "parent_id"),
 )
 
 deliveries = Table(
@@ -200,4 +205,21 @@ suppressions = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
-SCHEMA_VERSION = 1
+#: The receipt site's word that a person has received their points: a fact about the person, not a delivery.
+#: One row per person and campaign; a later file only fills in a time that was missing (idempotent).
+redemptions = Table(
+    "redemptions",
+    metadata,
+    Column("campaign_id", String(64), primary_key=True),
+    Column("user_id", String(128), primary_key=True),
+    #: When the receipt site says they redeemed (or when we learnt it, if the file gave no time).
+    Column("redeemed_at", UTCDateTime, nullable=False),
+    #: Where we learnt it: the file name or ``api``, and who loaded it.
+    Column("source", Text, nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Index("ix_redemptions_campaign_at", "campaign_id", "redeemed_at"),
+)
+
+#: 2: second wave (added by :meth:`BaseLedger.migrate` to a version-1 ledger without losing a row).
+SCHEMA_VERSION = 2
