@@ -9,6 +9,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from dispatcher import broker, runtime
+from dispatcher.core import clock
 from dispatcher.core.settings import load_settings
 from dispatcher.core.states import Channel, Status
 from dispatcher.intake.enqueue import enqueue_campaign
@@ -58,19 +59,23 @@ def test_a_batch_sends_each_once_and_settles_the_odd_ones(rt, tmp_path, moto) ->
 
 def test_an_error_on_one_delivery_does_not_stop_the_others(rt, tmp_path, moto, monkeypatch) -> None:
     ids = _enqueue(rt, tmp_path, 5)
-    real = delivery.send_claimed
+    real = delivery._send_one
 
-    # An error of ours after the claim (a message that cannot be built is a `failed` delivery instead).
+    # An error of ours after the claim, before the provider call (a message that cannot be built is a
+    # `failed` delivery instead).
     def failing(rt_, claimed, *args, **kwargs):
         if claimed.id in (ids[1], ids[4]):
             raise RuntimeError("render crashed")
         return real(rt_, claimed, *args, **kwargs)
 
-    monkeypatch.setattr(delivery, "send_claimed", failing)
+    monkeypatch.setattr(delivery, "_send_one", failing)
     result = deliver_many(rt, ids[:4])
 
     assert isinstance(result.error, RuntimeError)
-    assert [rt.ledger.get(i).status for i in ids[:4]] == [Status.SENT, Status.SENDING, Status.SENT, Status.SENT]
+    # The one that failed was never sent: its claim is given back (claimable again, the attempt not counted).
+    assert [rt.ledger.get(i).status for i in ids[:4]] == [Status.SENT, Status.RETRYING, Status.SENT, Status.SENT]
+    assert rt.ledger.get(ids[1]).attempts == 0
+    assert ids[1] in rt.ledger.due(clock.now())
     assert len(moto.sent_emails()) == 3
     # A single delivery still raises, as it always did.
     with pytest.raises(RuntimeError, match="render crashed"):
@@ -82,8 +87,13 @@ def test_a_batch_out_of_time_hands_the_rest_on(rt, tmp_path, moto) -> None:
     result = deliver_many(rt, ids, budget=0.0)
     assert result.error is None
     assert list(result.outcomes) == ids[:1] and result.left == ids[1:]
-    assert [rt.ledger.get(i).status for i in ids] == [Status.SENT] + [Status.QUEUED] * 4
+    # The rest were claimed with the batch and given back unsent: claimable, no attempt counted.
+    assert [rt.ledger.get(i).status for i in ids] == [Status.SENT] + [Status.RETRYING] * 4
+    assert [rt.ledger.get(i).attempts for i in ids] == [1, 0, 0, 0, 0]
+    assert [t["to_status"] for t in rt.ledger.history(ids[1])] == ["queued", "sending", "retrying"]
+    assert set(ids[1:]) <= set(rt.ledger.due(clock.now()))
     assert len(moto.sent_emails()) == 1
+    assert rt.ledger.counts("b") == {("email", "sent"): 1, ("email", "retrying"): 4}
 
 
 def test_batched_messages_through_a_dramatiq_worker_reach_everyone_once(

@@ -177,9 +177,12 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=1800.0, gt=0)
     #: How often each `dispatcher worker` sweeps the ledger (one host at a time does it).
     sweep_interval_seconds: float = Field(default=30.0, ge=1)
-    #: Deliveries per broker message: a worker thread reads them in one query and sends them one after the
-    #: other over one database connection (each is still claimed and recorded on its own). 1 = one each.
+    #: Deliveries per broker message: a worker thread reads, claims and records them in one statement each
+    #: and sends them one after the other (send marks in Redis cover a crash between). 1 = one each.
     send_batch: int = Field(default=20, ge=1, le=500)
+    #: How long a batch's send marks stay in Redis when its worker died before recording it (the sweep
+    #: reads them after ``stale_sending_seconds``; once they are gone it can only say ``unknown``).
+    send_mark_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=600)
     #: A delivery left in "sending" this long by a dead worker becomes "unknown".
     stale_sending_seconds: float = Field(default=120.0, gt=0)
     #: Circuit breaker: pause a campaign past this failure share, once this many attempts were made.

@@ -102,6 +102,9 @@ deliveries = Table(
     Column("last_event_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    #: Set by a batch claim: ``<send-mark epoch>/<batch token>``, where the sweep reads what the worker did
+    #: (dispatcher/sending/marks.py). NULL: claimed without marks (the sweep then says ``unknown``).
+    Column("claim_mark", String(120)),
     UniqueConstraint("campaign_id", "user_id", name="uq_delivery_campaign_user"),
     Index("ix_deliveries_campaign_status", "campaign_id", "status", "channel"),
     Index("ix_deliveries_status_not_before", "status", "not_before"),

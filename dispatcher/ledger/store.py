@@ -7,6 +7,7 @@ never both win, and a move the state table forbids is refused, not applied.
 
 from __future__ import annotations
 
+from .batches import BatchLedger, Settle
 from .campaigns import CampaignLedger
 from .counters import COUNT_SHARDS
 from .events import EventLedger
@@ -16,8 +17,8 @@ from .new_deliveries import NewDeliveryLedger, _json_dumps
 from .records import CampaignRecord, Delivery
 from .suppression import SuppressionLedger
 
-__all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"]
+__all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "Settle", "_json_dumps"]
 
 
-class Ledger(CampaignLedger, NewDeliveryLedger, MoveLedger, ImportLedger, SuppressionLedger, EventLedger):
+class Ledger(CampaignLedger, NewDeliveryLedger, MoveLedger, BatchLedger, ImportLedger, SuppressionLedger, EventLedger):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""

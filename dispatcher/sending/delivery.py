@@ -1,13 +1,17 @@
-"""Sending one delivery: the plain function every worker thread runs (SPEC §3 step 2).
+"""Sending deliveries: the plain functions every worker thread runs (SPEC §3 step 2).
 
-It checks the campaign and the clock, claims the delivery atomically, renders, sends, and records the
-outcome. It never sends a delivery it did not claim, and never resends one whose outcome is unknown.
+A batch (one broker message) is read in one query and checked (:mod:`dispatcher.sending.checks`); what
+may go is claimed in one statement, sent one after the other, and recorded in one statement at the end.
+Between the claim and the record, Redis holds a mark per delivery (:mod:`dispatcher.sending.marks`):
+"about to send" right before each provider call, "sent as M" (or the refusal) right after it, so the sweep
+after a crash knows for each one whether the provider was never called (claimable again), maybe called
+(``unknown``) or took it (``sent`` with its message id). It never sends a delivery it did not claim and
+mark, and never resends one whose outcome is unknown.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import uuid
@@ -16,40 +20,25 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from urllib.parse import quote
 
 from dispatcher.core import clock, sms
-from dispatcher.core.errors import (
-    AmbiguousOutcome,
-    ConfigError,
-    DispatcherError,
-    PermanentError,
-    ProviderError,
-    Throttled,
-)
-from dispatcher.core.privacy import mask_contact, redact, safe_code, scrub
+from dispatcher.core.errors import AmbiguousOutcome, PermanentError, ProviderError
+from dispatcher.core.privacy import mask_contact, redact
 from dispatcher.core.states import CLAIMABLE, Channel, Status
 from dispatcher.feedback.apply import PendingLimits, apply_pending
-from dispatcher.ledger.store import CampaignRecord, Delivery
-from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
+from dispatcher.ledger.store import CampaignRecord, Delivery, Settle
+from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, SendResult
 from dispatcher.runtime import Runtime
+from dispatcher.sending import marks as send_marks
+from dispatcher.sending import outcomes
+from dispatcher.sending.checks import Outcome, before_claim
 from dispatcher.sending.mime import build_raw
+from dispatcher.sending.outcomes import backoff
 from dispatcher.sending.render import Renderer
 
+__all__ = ["BatchResult", "Outcome", "backoff", "build_outgoing", "deliver", "deliver_many"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: Status | None
-    #: When the delivery should be looked at again (a retry or a held SMS), else None.
-    again_at: datetime | None = None
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter: uniform in [base/2, min(cap, base * 2^(attempt-1))]."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
-    return random.uniform(min(base / 2, ceiling), ceiling)
 
 
 @dataclass
@@ -59,6 +48,10 @@ class BatchResult:
     error: BaseException | None = None
     #: Ids not attempted because the batch ran out of time; the caller hands them to the broker again.
     left: list[int] = field(default_factory=list)
+
+    def failed(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
 
 
 @dataclass
@@ -74,6 +67,14 @@ class _AfterBatch:
                 apply_pending(rt.ledger, message_id, rt.breaker, PendingLimits.of(rt.settings))
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A send's place under the rate limits: its token and what it cost (SMS: message parts)."""
+
+    token: str
+    cost: int = 1
+
+
 def deliver(rt: Runtime, delivery_id: int) -> Outcome:
     """Send one delivery (see :func:`deliver_many`); errors propagate."""
     result = deliver_many(rt, [delivery_id])
@@ -83,37 +84,44 @@ def deliver(rt: Runtime, delivery_id: int) -> Outcome:
 
 
 def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None) -> BatchResult:
-    """Send several deliveries, one after the other, as :func:`deliver` would one by one: one read for all
-    of them, one database connection, and the look for early provider events once at the end.
+    """Send several deliveries as one batch: one read, one claim, one record (see the module).
 
-    Each delivery is still claimed right before its own send and recorded right after it, so a worker
-    that dies mid-batch leaves at most one delivery in ``sending``. An error on one delivery does not stop
-    the others. After ``budget`` seconds the rest is left for the caller to hand on.
+    An error on one delivery does not stop the others. After ``budget`` seconds (and at the latest after
+    half of ``stale_sending_seconds``, so the sweep never sees a live batch as dead) no new send starts:
+    the rest is given back and left for the caller to hand on. Without Redis (no marks) every delivery is
+    claimed and recorded on its own, as before batches.
     """
     result = BatchResult()
     after = _AfterBatch()
     started = time.monotonic()
+    limit = rt.settings.stale_sending_seconds / 2
+    limit = limit if budget is None else min(budget, limit)
     with rt.ledger.pinned():
         try:
             found = rt.ledger.for_send_many(ids)
-            for n, delivery_id in enumerate(ids):
-                if budget is not None and n and time.monotonic() - started > budget:
-                    result.left = list(ids[n:])
-                    break
+            ready: list[tuple[Delivery, CampaignRecord]] = []
+            for delivery_id in dict.fromkeys(ids):
                 try:
-                    result.outcomes[delivery_id] = _deliver(rt, delivery_id, found.get(delivery_id), after)
+                    checked = _check(rt, delivery_id, found.get(delivery_id))
                 except Exception as exc:
-                    log.warning("delivery %s: %s: %s", delivery_id, type(exc).__name__, redact(str(exc)))
-                    if result.error is None:
-                        result.error = exc
+                    _warn(delivery_id, exc)
+                    result.failed(exc)
+                    continue
+                if isinstance(checked, Outcome):
+                    result.outcomes[delivery_id] = checked
+                else:
+                    ready.append(checked)
+            groups = [ready] if rt.redis is not None else [[one] for one in ready]
+            for group in groups:
+                if group:
+                    _send_batch(rt, group, result, after, started, limit)
         except Exception as exc:
-            result.error = exc
+            result.failed(exc)
         finally:
             try:
                 after.finish(rt)
             except Exception as exc:
-                if result.error is None:
-                    result.error = exc
+                result.failed(exc)
     if len(ids) > 1:
         tally = Counter(str(o.status or "skipped") for o in result.outcomes.values())
         log.info(
@@ -125,14 +133,14 @@ def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None
     return result
 
 
-def _deliver(
-    rt: Runtime,
-    delivery_id: int,
-    found: tuple[Delivery, str | None, datetime | None, str | None] | None,
-    after: _AfterBatch,
-) -> Outcome:
-    ledger = rt.ledger
-    # The delivery, its campaign's state and whether its contact is suppressed, as read for the batch.
+def _warn(delivery_id: int, exc: BaseException) -> None:
+    log.warning("delivery %s: %s: %s", delivery_id, type(exc).__name__, redact(str(exc)))
+
+
+def _check(
+    rt: Runtime, delivery_id: int, found: tuple[Delivery, str | None, datetime | None, str | None] | None
+) -> Outcome | tuple[Delivery, CampaignRecord]:
+    """The delivery as read for the batch, through :func:`~dispatcher.sending.checks.before_claim`."""
     if found is None:
         log.warning("delivery %s: not in the ledger; message dropped", delivery_id)
         return Outcome(None)
@@ -143,90 +151,118 @@ def _deliver(
     if record is None:
         log.error("delivery %s: campaign %s missing from the ledger", delivery_id, delivery.campaign_id)
         return Outcome(None)
-    campaign = record.campaign
-    now = clock.now()
+    held = before_claim(rt, delivery, record, suppressed, clock.now())
+    return held if held is not None else (delivery, record)
 
-    if record.state == "paused":
-        return Outcome(delivery.status)  # resume re-enqueues everything due
-    if record.state == "cancelled":
-        ledger.move(delivery_id, Status.CANCELLED, actor="worker", detail="campaign cancelled")
-        return Outcome(Status.CANCELLED)
-    if now >= campaign.send_by:
-        ledger.move(delivery_id, Status.EXPIRED, actor="worker", detail="send_by passed before sending")
-        return Outcome(Status.EXPIRED)
-    if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
-        return Outcome(delivery.status, again_at=delivery.not_before)
-    if delivery.channel is Channel.SMS and not campaign.sms_window.contains(now):
-        low, high = rt.settings.sms_window_spread
-        # Spread the start over the first minutes rather than a burst exactly on the hour.
-        opening = campaign.sms_window.next_opening(now) + timedelta(seconds=random.uniform(low, high))
-        if opening >= campaign.send_by:
-            ledger.move(delivery_id, Status.EXPIRED, actor="worker", detail="no SMS window left before send_by")
-            return Outcome(Status.EXPIRED)
-        ledger.defer(delivery_id, opening)
-        return Outcome(delivery.status, again_at=opening)
-    if suppressed is not None:
-        ledger.move(delivery_id, Status.SUPPRESSED, actor="worker", detail=f"suppression list: {suppressed}")
-        return Outcome(Status.SUPPRESSED)
 
-    # Build the provider client now (the first one in a process takes a few hundred ms), not between the
+def _send_batch(
+    rt: Runtime,
+    ready: list[tuple[Delivery, CampaignRecord]],
+    result: BatchResult,
+    after: _AfterBatch,
+    started: float,
+    limit: float,
+) -> None:
+    ledger = rt.ledger
+    # The first send of each channel takes its rate slot before the claim: when the channel is out of slots
+    # for longer than we may wait (a daily quota, a cap far below the pace), its deliveries stay as they are.
+    slots: dict[int, Slot] = {}
+    for channel in dict.fromkeys(d.channel for d, _ in ready):
+        first = next(d for d, _ in ready if d.channel is channel)
+        slot, wait = _take_slot(rt, first)
+        if wait <= 0:
+            slots[first.id] = slot
+            continue
+        again = clock.now() + timedelta(seconds=wait)
+        log.info("%s: quota or rate limit, next slot in %.0fs", channel, wait)
+        for d, _ in ready:
+            if d.channel is channel:
+                ledger.defer(d.id, again)
+                result.outcomes[d.id] = Outcome(d.status, again_at=again)
+        ready = [(d, r) for d, r in ready if d.channel is not channel]
+    if not ready:
+        return
+    marks = send_marks.open_batch(rt.redis, rt.settings.send_mark_ttl_seconds) if rt.redis is not None else None
+    claimed = ledger.claim_many([d for d, _ in ready], mark=marks.claim_mark if marks else None, now=clock.now())
+    records = {d.id: r for d, r in ready}
+    taken = {d.id for d in claimed}
+    for d, _ in ready:
+        if d.id not in taken:
+            result.outcomes[d.id] = Outcome(None)  # another worker has it
+    settles: list[Settle] = []
+    held: dict[Channel, datetime] = {}
+    for n, delivery in enumerate(claimed):
+        if n and time.monotonic() - started > limit:
+            result.left = [d.id for d in claimed[n:]]
+            settles += [outcomes.given_back(d, "the batch ran out of time; handed on")[0] for d in claimed[n:]]
+            break
+        try:
+            done = _send_one(rt, delivery, records[delivery.id], marks, held, slots.pop(delivery.id, None), after)
+        except Exception as exc:  # before the provider call (the call's own errors are outcomes)
+            _warn(delivery.id, exc)
+            result.failed(exc)
+            done = outcomes.given_back(delivery, f"{type(exc).__name__} before the provider call")
+        if done is None:
+            result.outcomes[delivery.id] = Outcome(None)  # the sweep took it back before we marked it
+            continue
+        settles.append(done[0])
+        result.outcomes[delivery.id] = done[1]
+    _record(rt, settles, marks)
+
+
+def _record(rt: Runtime, settles: list[Settle], marks: send_marks.BatchMarks | None) -> None:
+    if marks is not None:
+        try:
+            marks.flush()
+        except Exception as exc:  # the record below is what counts; the marks only matter if it fails
+            log.warning("send marks: %s: %s", type(exc).__name__, redact(str(exc)))
+    moved = rt.ledger.record_many(settles)
+    for s in settles:
+        if s.delivery.id not in moved and s.message_id:
+            # Someone settled it first (an operator, the sweep); keep their verdict, note the message id.
+            rt.ledger.note_message_id(s.delivery.id, str(s.values.get("provider")), s.message_id)
+    if marks is not None:
+        try:
+            marks.close()
+        except Exception as exc:
+            log.warning("send marks not removed (they expire): %s", type(exc).__name__)
+
+
+def _take_slot(rt: Runtime, delivery: Delivery) -> tuple[Slot, float]:
+    # Build the provider client first (the first one in a process takes a few hundred ms), not between the
     # rate slot and the call: that gap would push a whole second's sends into the next provider second.
     rt.provider(delivery.channel)
-    # The rate slot is taken before the claim: waiting for it can take seconds, and a worker that dies while
-    # it waits must leave the delivery claimable, not in `sending` (which the sweep would call `unknown`).
     # An SMS costs its parts, counted at enqueue from the same template and fields.
     cost = (delivery.sms_parts or 1) if delivery.channel is Channel.SMS else 1
     slot = Slot(uuid.uuid4().hex, cost)
-    wait = rt.limits.acquire(delivery.channel, delivery.contact, cost=cost, token=slot.token)
-    if wait > 0:
-        again = clock.now() + timedelta(seconds=wait)
-        ledger.defer(delivery_id, again)
-        log.info("delivery %s: quota or rate limit, next slot in %.0fs", delivery_id, wait)
-        return Outcome(delivery.status, again_at=again)
-    claimed = ledger.claim(delivery_id, now=clock.now(), current=delivery)
-    if claimed is None:
-        return Outcome(None)  # another worker has it
+    return slot, rt.limits.acquire(delivery.channel, delivery.contact, cost=cost, token=slot.token)
+
+
+def _send_one(
+    rt: Runtime,
+    delivery: Delivery,
+    record: CampaignRecord,
+    marks: send_marks.BatchMarks | None,
+    held: dict[Channel, datetime],
+    slot: Slot | None,
+    after: _AfterBatch,
+) -> tuple[Settle, Outcome] | None:
+    """One claimed delivery: build, rate slot, mark, call. Raises only before the provider call."""
     try:
-        outgoing = build_outgoing(rt, claimed, record)
+        outgoing = build_outgoing(rt, delivery, record)
     except Exception as exc:
-        return _not_built(rt, claimed, exc)
-    return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot, after=after)
-
-
-def _not_built(rt: Runtime, delivery: Delivery, exc: Exception) -> Outcome:
-    """The message could not be made (template, sandbox, header check...): nothing reached a provider, so
-    the delivery fails for good here rather than sit in ``sending`` until the sweep calls it ``unknown``."""
-    reason = _unsent_reason(delivery, exc)
-    code = "render" if isinstance(exc, ConfigError) else exc.code if isinstance(exc, ProviderError) else "build"
-    log.warning("delivery %s: not sent, the message could not be built: %s", delivery.id, reason)
-    rt.ledger.move(
-        delivery.id,
-        Status.FAILED,
-        actor="worker",
-        detail=reason,
-        provider_code=code or "build",
-        values={"reason": reason},
-    )
-    return Outcome(Status.FAILED)
-
-
-def _unsent_reason(delivery: Delivery, exc: Exception) -> str:
-    """Our own errors say what is wrong without values; anything else gives its kind only. Either way the
-    text is withheld if it holds this delivery's URL (with or without scheme, percent-encoded) or contact."""
-    kind = type(exc).__name__
-    text = redact(str(exc)) if isinstance(exc, DispatcherError) else f"the message could not be built ({kind})"
-    url = delivery.receipt_url or ""
-    own = [
-        url,
-        url.partition("://")[2],
-        quote(url, safe=""),
-        delivery.contact or "",
-        (delivery.contact or "").partition("@")[0],
-    ]
-    folded = text.casefold()
-    if any(len(value) >= 3 and value.casefold() in folded for value in own):
-        return f"the message could not be built ({kind}; details withheld: they quoted the recipient's data)"
-    return text[:500]
+        return outcomes.not_built(delivery, exc)
+    if delivery.channel in held:
+        return outcomes.given_back(delivery, "waiting for a rate slot", held[delivery.channel])
+    if slot is None:
+        slot, wait = _take_slot(rt, delivery)
+        if wait > 0:
+            held[delivery.channel] = again = clock.now() + timedelta(seconds=wait)
+            log.info("delivery %s: quota or rate limit, next slot in %.0fs", delivery.id, wait)
+            return outcomes.given_back(delivery, "waiting for a rate slot", again)
+    if marks is not None and not marks.about(delivery.id):
+        return None
+    return _call_and_settle(rt, delivery, outgoing, record.campaign.send_by, slot, marks, after)
 
 
 class _SendCache:
@@ -297,135 +333,53 @@ def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> O
     )
 
 
-@dataclass(frozen=True)
-class Slot:
-    """A send's place under the rate limits: its token and what it cost (SMS: message parts)."""
-
-    token: str
-    cost: int = 1
-
-
-def _call(rt: Runtime, provider: Provider, delivery: Delivery, outgoing: Outgoing, slot: Slot) -> SendResult:
+def _call(rt: Runtime, delivery: Delivery, outgoing: Outgoing, slot: Slot) -> SendResult:
     """The provider call; when it is over, its rate slot counts from then (it may have arrived then)."""
     try:
-        return provider.send(outgoing)
+        return rt.provider(delivery.channel).send(outgoing)
     finally:
-        rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
+        try:
+            rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
+        except Exception as exc:  # the send is over; its slot just ages out from when it was taken
+            log.warning("rate slot not re-stamped: %s", type(exc).__name__)
 
 
-def send_claimed(
-    rt: Runtime, delivery: Delivery, outgoing: Outgoing, send_by: datetime, slot: Slot, after: _AfterBatch
-) -> Outcome:
-    ledger = rt.ledger
-    provider = rt.provider(delivery.channel)
+def _call_and_settle(
+    rt: Runtime,
+    delivery: Delivery,
+    outgoing: Outgoing,
+    send_by: datetime,
+    slot: Slot,
+    marks: send_marks.BatchMarks | None,
+    after: _AfterBatch,
+) -> tuple[Settle, Outcome]:
+    provider = rt.provider(delivery.channel).name
     who = f"delivery {delivery.id} ({mask_contact(delivery.channel, delivery.contact)})"
+    note = marks.outcome if marks is not None else lambda *_: None
     try:
-        result = _call(rt, provider, delivery, outgoing, slot)
+        result = _call(rt, delivery, outgoing, slot)
     except AmbiguousOutcome as exc:
-        return _settle(
-            rt, delivery, provider.name, exc, Status.UNKNOWN, f"{who}: outcome unknown, will not resend by itself"
-        )
+        return outcomes.settle(delivery, provider, exc, Status.UNKNOWN, f"{who}: outcome unknown, will not resend")
     except PermanentError as exc:
-        outcome = _settle(rt, delivery, provider.name, exc, Status.FAILED, f"{who}: refused for good")
+        done = outcomes.settle(delivery, provider, exc, Status.FAILED, f"{who}: refused for good")
+        note(delivery.id, send_marks.REFUSED, done[0].values["provider_code"] or "refused")
         rt.breaker.record_failure(delivery.campaign_id)
-        return outcome
+        return done
     except ProviderError as exc:
-        return _retry_later(rt, delivery, exc, provider.name, send_by)
-
-    now = clock.now()
-    values: dict[str, object] = {
-        "provider": provider.name,
-        "provider_message_id": result.message_id,
-        "reason": None,
-        "last_event_at": now,
-    }
-    if delivery.first_sent_at is None:
-        values["first_sent_at"] = now
-    if isinstance(outgoing, OutgoingSms):
-        values["sms_parts"] = outgoing.parts
-    moved = ledger.move(
-        delivery.id,
-        Status.SENT,
-        actor="worker",
-        values=values,
-        now=now,
-        detail=f"accepted by {provider.name}",
-        current=delivery,
-    )
-    if moved is None:
-        # Someone settled it first (an operator, the sweep); keep their verdict, note the message id.
-        ledger.note_message_id(delivery.id, provider.name, result.message_id)
+        done = outcomes.retry_later(rt, delivery, exc, provider, send_by)
+        if done[0].to is Status.FAILED:
+            note(delivery.id, send_marks.REFUSED, done[0].values["provider_code"] or "gave-up")
+        else:
+            note(delivery.id, send_marks.NOT_TAKEN)
+        return done
+    except Exception as exc:  # not one of the provider's known answers: it may have taken the message
+        return outcomes.settle(
+            delivery, provider, exc, Status.UNKNOWN, f"{who}: outcome unknown ({type(exc).__name__})"
+        )
+    note(delivery.id, send_marks.SENT, provider, result.message_id)
+    parts = outgoing.parts if isinstance(outgoing, OutgoingSms) else None
     after.message_ids.append(result.message_id)  # its early provider events are looked for after the batch
     rt.breaker.record_success(delivery.campaign_id)
     # One line per batch says what happened (the ledger has every send); this one only when debugging.
-    log.debug("%s: sent via %s", who, provider.name)
-    return Outcome(Status.SENT)
-
-
-def _kept(exc: ProviderError, delivery: Delivery) -> tuple[str, str]:
-    """What may be kept of a provider error (ledger ``reason``, transition ``detail``, logs): its text
-    without this delivery's receipt URL and contact in any writing, redacted and bounded, and its code
-    when it is a short token."""
-    secrets = (delivery.receipt_url, delivery.contact)
-    return scrub(str(exc), secrets), safe_code(exc.code, secrets) or ""
-
-
-def _settle(rt: Runtime, delivery: Delivery, provider: str, exc: ProviderError, to: Status, what: str) -> Outcome:
-    """Record a send that ended for good (``failed``) or without an answer (``unknown``), with only what may
-    be kept of the provider's reply."""
-    reason, code = _kept(exc, delivery)
-    log.warning("%s: %s", what, reason)
-    rt.ledger.move(
-        delivery.id,
-        to,
-        actor="worker",
-        detail=reason,
-        provider_code=code,
-        values={"provider": provider, "reason": reason},
-    )
-    return Outcome(to)
-
-
-def _retry_later(rt: Runtime, delivery: Delivery, exc: ProviderError, provider: str, send_by: datetime) -> Outcome:
-    ledger = rt.ledger
-    settings = rt.settings
-    # Attempts since the last resend: after a resend the backoff starts again from the base, as the bound does.
-    since_resend = delivery.attempts - delivery.attempts_base
-    delay = exc.retry_after or backoff(since_resend, settings.retry_base_seconds, settings.retry_max_seconds)
-    again = clock.now() + timedelta(seconds=delay)
-    reason, code = _kept(exc, delivery)
-    common = {"provider": provider, "reason": reason}
-    if since_resend >= settings.max_attempts:
-        gave_up = f"gave up after {delivery.attempts} attempts: {reason}"  # the reason says retries ran out
-        ledger.move(
-            delivery.id,
-            Status.FAILED,
-            actor="worker",
-            provider_code=code,
-            values={**common, "reason": gave_up},
-            detail=gave_up,
-        )
-        rt.breaker.record_failure(delivery.campaign_id)
-        return Outcome(Status.FAILED)
-    if again >= send_by:
-        ledger.move(
-            delivery.id,
-            Status.RETRYING,
-            actor="worker",
-            provider_code=code,
-            values={**common, "not_before": again},
-            detail=reason,
-        )
-        ledger.move(delivery.id, Status.EXPIRED, actor="worker", detail="next retry would be after send_by")
-        return Outcome(Status.EXPIRED)
-    level = logging.INFO if isinstance(exc, Throttled) else logging.WARNING
-    log.log(level, "delivery %s: %s; retry %d in %.1fs", delivery.id, reason, delivery.attempts + 1, delay)
-    ledger.move(
-        delivery.id,
-        Status.RETRYING,
-        actor="worker",
-        provider_code=code,
-        values={**common, "not_before": again},
-        detail=reason,
-    )
-    return Outcome(Status.RETRYING, again_at=again)
+    log.debug("%s: sent via %s", who, provider)
+    return outcomes.sent(delivery, provider, result.message_id, clock.now(), parts)

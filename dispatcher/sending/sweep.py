@@ -1,7 +1,10 @@
 """Recovery from the ledger (SPEC §4): what the broker lost is found again here.
 
-- ``sending`` left by a dead worker for longer than ``stale_sending_seconds`` becomes ``unknown``
-  (never resent by itself: the provider may have it);
+- ``sending`` left by a dead worker for longer than ``stale_sending_seconds`` is settled from its batch's
+  send marks (dispatcher/sending/marks.py): no mark (the provider was never called) → claimable again;
+  "about to send" → ``unknown`` (never resent by itself: the provider may have it); "sent as M" → ``sent``
+  with message id M; refused → ``retrying``/``failed``. Marks that may be incomplete (Redis restarted or
+  flushed since the claim, or no marks at all) → ``unknown``;
 - ``queued``/``retrying`` deliveries of a campaign past its send-by become ``expired``;
 - ``queued``/``retrying`` deliveries whose time has come are handed to the broker again. The atomic
   claim makes a duplicate message harmless, so re-sending a message is always safe.
@@ -12,11 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from dispatcher.core import clock
 from dispatcher.core.states import Status
+from dispatcher.feedback.apply import PendingLimits, apply_pending
+from dispatcher.ledger.store import Delivery, Settle
 from dispatcher.runtime import Runtime
+from dispatcher.sending import marks, outcomes
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,9 @@ class SweepResult:
     unknown: int = 0
     expired: int = 0
     redispatched: int = 0
+    #: Stale sends the marks settled otherwise: given back (never called), or recorded as the provider said.
+    given_back: int = 0
+    recovered: int = 0
 
 
 def sweep(
@@ -38,15 +47,11 @@ def sweep(
     ledger = rt.ledger
     now = clock.now()
     result = SweepResult()
-    for delivery_id in ledger.stale_sending(now - timedelta(seconds=rt.settings.stale_sending_seconds)):
-        moved = ledger.move(
-            delivery_id,
-            Status.UNKNOWN,
-            actor="sweep",
-            expect=[Status.SENDING],
-            detail="worker stopped while sending; outcome unknown",
-        )
-        result.unknown += moved is not None
+    released = _stale(rt, now - timedelta(seconds=rt.settings.stale_sending_seconds), result)
+    if released:
+        dispatch(released)
+        ledger.mark_dispatched(released, now)
+        result.redispatched += len(released)
     while ids := ledger.overdue(now):
         expired = [ledger.move(i, Status.EXPIRED, actor="sweep", detail="send_by passed before sending") for i in ids]
         result.expired += sum(m is not None for m in expired)
@@ -62,11 +67,81 @@ def sweep(
         ledger.mark_dispatched(ids, now)
         result.redispatched += len(ids)
         after = ids[-1]
-    if result.unknown or result.redispatched or result.expired:
+    if result.unknown or result.redispatched or result.expired or result.given_back or result.recovered:
         log.info(
-            "sweep: %d stale sends marked unknown, %d expired, %d re-enqueued",
+            "sweep: %d stale sends marked unknown, %d expired, %d re-enqueued "
+            "(stale sends: %d never called, given back; %d recorded from their marks)",
             result.unknown,
             result.expired,
             result.redispatched,
+            result.given_back,
+            result.recovered,
         )
     return result
+
+
+UNKNOWN_DETAIL = "worker stopped while sending; outcome unknown"
+
+
+def _stale(rt: Runtime, before: datetime, result: SweepResult) -> list[int]:
+    """Settle what dead workers left in ``sending``; returns the ids given back (to hand to the broker)."""
+    settles: list[Settle] = []
+    for delivery, claim_mark in rt.ledger.stale_claims(before):
+        if claim_mark is None or rt.redis is None:
+            settles.append(_unknown(delivery, UNKNOWN_DETAIL))
+            continue
+        try:
+            mark = marks.verdict(rt.redis, claim_mark, delivery.id)
+        except Exception as exc:  # Redis unreachable: decide nothing now, the next sweep looks again
+            log.warning("sweep: send marks unreadable (%s); stale sends left for the next sweep", type(exc).__name__)
+            break
+        settles.append(_from_mark(delivery, mark))
+    if not settles:
+        return []
+    moved = rt.ledger.record_many(settles, actor="sweep")
+    released = []
+    for s in settles:
+        if s.delivery.id not in moved:
+            continue
+        if s.to is Status.UNKNOWN:
+            result.unknown += 1
+        elif s.to is Status.RETRYING:
+            result.given_back += 1
+            released.append(s.delivery.id)
+        else:
+            result.recovered += 1
+        if s.message_id:  # provider events that came before this record apply now
+            apply_pending(rt.ledger, s.message_id, rt.breaker, PendingLimits.of(rt.settings))
+    return released
+
+
+def _unknown(delivery: Delivery, detail: str) -> Settle:
+    return Settle(delivery, Status.UNKNOWN, {}, [(Status.UNKNOWN, detail, None)])
+
+
+def _from_mark(delivery: Delivery, mark: str) -> Settle:
+    kind, *rest = mark.split("\t")
+    if kind == marks.LOST:
+        return _unknown(delivery, f"{UNKNOWN_DETAIL} (its send marks were lost: Redis restarted or flushed)")
+    if kind == marks.REVOKED:
+        return outcomes.given_back(delivery, "the worker stopped before calling the provider")[0]
+    if kind == marks.NOT_TAKEN:
+        settle = Settle(
+            delivery,
+            Status.RETRYING,
+            {"not_before": None},
+            [(Status.RETRYING, "worker stopped after the provider declined (retryable); recorded by the sweep", None)],
+        )
+        return settle
+    if kind == marks.SENT and len(rest) == 2:
+        provider, message_id = rest
+        settle = outcomes.sent(delivery, provider, message_id, clock.now(), None)[0]
+        settle.steps = [(Status.SENT, f"accepted by {provider} (recorded by the sweep from the worker's mark)", None)]
+        return settle
+    if kind == marks.REFUSED:
+        code = (rest[0] if rest else "") or "refused"
+        detail = "worker stopped after the provider refused it for good; recorded by the sweep"
+        return Settle(
+            delivery, Status.FAILED, {"provider_code": code, "reason": detail}, [(Status.FAILED, detail, code)]
+        )
+    return _unknown(delivery, UNKNOWN_DETAIL)

@@ -1,0 +1,146 @@
+"""Send marks: what a worker was doing with each delivery of a batch, in Redis, for the sweep after a crash.
+
+A batch of deliveries is claimed in one ledger statement and recorded in another, so between the two the
+ledger only says ``sending``. The marks say more, one hash per batch (``dispatcher:x:marks:<token>``):
+
+- ``_``: the epoch the batch was opened in (written before the claim; the ledger's ``claim_mark`` holds
+  the same epoch and the token);
+- ``<id>`` = ``a``: about to call the provider (written, and acknowledged, right before the call);
+- ``<id>`` = ``s<TAB>provider<TAB>message id``: the provider took it; ``n``: it did not (a retryable error);
+  ``f<TAB>code``: refused for good; ``r``: revoked by the sweep (the worker must not send it any more).
+
+The epoch is Redis's ``run_id`` (new at every start of the server, whatever it restored from disk) and a
+random value in ``dispatcher:x:marks:epoch`` (gone after FLUSHALL/FLUSHDB). When the epoch a batch was
+claimed in is not the current one, or its hash lost its ``_`` field (flushed, expired), its marks may be
+incomplete and the sweep assumes the worst: ``unknown``, never a resend. The worker's ``a`` and the
+sweep's ``r`` are both ``HSETNX`` of the same field, so exactly one of them wins: a delivery the sweep hands
+back is never sent by the worker that claimed it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from dispatcher.broker import keys
+
+ABOUT, NOT_TAKEN, REVOKED, SENT, REFUSED = "a", "n", "r", "s", "f"
+#: What the sweep finds when the marks of a batch cannot be trusted.
+LOST = "lost"
+
+_EPOCH_KEY = f"{keys.prefix}:marks:epoch"
+
+# KEYS: epoch key, batch hash; ARGV: a fresh random value for the epoch key, the hash's TTL in seconds
+_OPEN = """
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local epoch = run .. ':' .. redis.call('GET', KEYS[1])
+redis.call('HSET', KEYS[2], '_', epoch)
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+return epoch
+"""
+# KEYS: batch hash; ARGV: field, epoch. 1: marked; 0: the field was set already (revoked); -1: hash lost
+_ABOUT = """
+if redis.call('HGET', KEYS[1], '_') ~= ARGV[2] then return -1 end
+return redis.call('HSETNX', KEYS[1], ARGV[1], 'a')
+"""
+# KEYS: epoch key, batch hash; ARGV: field, epoch. The mark, 'lost', or 'r' when this call revoked it.
+_VERDICT = """
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local value = redis.call('GET', KEYS[1])
+if not value or run .. ':' .. value ~= ARGV[2] then return 'lost' end
+if redis.call('HGET', KEYS[2], '_') ~= ARGV[2] then return 'lost' end
+if redis.call('HSETNX', KEYS[2], ARGV[1], 'r') == 1 then return 'r' end
+return redis.call('HGET', KEYS[2], ARGV[1])
+"""
+
+
+def batch_key(token: str) -> str:
+    return f"{keys.prefix}:marks:{token}"
+
+
+class MarksLost(RuntimeError):
+    """The batch's hash is gone (Redis flushed or restarted): nothing more may be sent under it."""
+
+
+@dataclass
+class BatchMarks:
+    """The marks of one batch, written by the one thread that sends it."""
+
+    client: redis.Redis
+    token: str
+    epoch: str
+    #: Outcome marks not written yet: they go with the next ``about`` (one round trip per send).
+    pending: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def claim_mark(self) -> str:
+        """What the ledger keeps with each claimed delivery: the epoch and where the marks are."""
+        return f"{self.epoch}/{self.token}"
+
+    def about(self, delivery_id: int) -> bool:
+        """Mark the delivery as about to be sent (and write the outcomes noted so far, same round trip).
+
+        True: the provider may be called. False: the sweep revoked it (it is no longer ours). Raises
+        :class:`MarksLost` when the hash is gone, and Redis errors as they come: do not call then."""
+        pipe = self.client.pipeline(transaction=False)
+        if self.pending:
+            pipe.hset(batch_key(self.token), mapping=self.pending)
+        _script(self.client, "about")(keys=[batch_key(self.token)], args=[str(delivery_id), self.epoch], client=pipe)
+        reply = pipe.execute()[-1]
+        self.pending = {}
+        if int(reply) < 0:
+            raise MarksLost("the send marks of this batch are gone (Redis restarted or flushed)")
+        return int(reply) == 1
+
+    def outcome(self, delivery_id: int, *parts: str) -> None:
+        """Note what the provider answered; written with the next mark, or by :meth:`flush`."""
+        self.pending[str(delivery_id)] = "\t".join(parts)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.client.hset(batch_key(self.token), mapping=self.pending)
+            self.pending = {}
+
+    def close(self) -> None:
+        """The batch is recorded in the ledger: its marks are no longer needed."""
+        self.pending = {}
+        self.client.delete(batch_key(self.token))
+
+
+def open_batch(client: redis.Redis, ttl_seconds: int) -> BatchMarks:
+    """A new batch's hash, before its claim. Raises Redis errors (then nothing is claimed)."""
+    token = uuid.uuid4().hex
+    epoch = _script(client, "open")(
+        keys=[_EPOCH_KEY, batch_key(token)], args=[uuid.uuid4().hex, ttl_seconds], client=client
+    )
+    return BatchMarks(client, token, epoch.decode() if isinstance(epoch, bytes) else str(epoch))
+
+
+def verdict(client: redis.Redis, claim_mark: str, delivery_id: int) -> str:
+    """For the sweep: what the marks say about a delivery claimed under ``claim_mark`` (revoking it when
+    there is no mark): ``lost``, ``r`` (never called), ``a``, ``n``, ``s\\t…``, ``f\\t…``."""
+    epoch, _, token = claim_mark.rpartition("/")
+    if not epoch or not token:
+        return LOST
+    reply = _script(client, "verdict")(
+        keys=[_EPOCH_KEY, batch_key(token)], args=[str(delivery_id), epoch], client=client
+    )
+    if reply is None:
+        return LOST
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+_SOURCES = {"open": _OPEN, "about": _ABOUT, "verdict": _VERDICT}
+_registered: dict[str, Any] = {}
+
+
+def _script(client: redis.Redis, name: str) -> Any:
+    """The script object (it runs on the client or pipeline passed to each call)."""
+    script = _registered.get(name)
+    if script is None:
+        script = _registered[name] = client.register_script(_SOURCES[name])
+    return script

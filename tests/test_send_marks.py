@@ -1,0 +1,236 @@
+"""Batched claim and record, and the send marks that make a crash between them recoverable.
+
+In-process, on SQLite and PostgreSQL, SES and SNS on moto, real Redis. A worker "killed" mid-batch is
+simulated by an exception that nothing in the send path catches (``BaseException``), raised by the
+provider at the n-th call: like ``kill -9``, it leaves the claimed rows in ``sending`` and the batch's marks
+in Redis, with nothing recorded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy import event
+
+from dispatcher.broker import keys
+from dispatcher.core import clock
+from dispatcher.core.states import Status
+from dispatcher.intake.enqueue import enqueue_campaign
+from dispatcher.sending import marks
+from dispatcher.sending.delivery import deliver, deliver_many
+from dispatcher.sending.sweep import sweep
+
+from .feedback_helpers import ses_runtime
+from .helpers import person_rows, write_campaign
+from .test_policy import contact, moto_counts
+
+
+class Killed(BaseException):
+    """The worker process died here."""
+
+
+@pytest.fixture
+def mrt(ledger_url, redis_url, moto, monkeypatch):
+    monkeypatch.setenv("DISPATCHER_STALE_SENDING_SECONDS", "5")
+    rt = ses_runtime(monkeypatch)
+    yield rt
+    rt.close()
+
+
+def _enqueue(rt, tmp_path, n: int, campaign_id: str = "m", sms_every: int = 4) -> tuple[list[int], list[dict]]:
+    rows = person_rows(n, sms_every=sms_every)
+    result = enqueue_campaign(
+        write_campaign(tmp_path, campaign_id), rows, settings=rt.settings, ledger=rt.ledger, dispatch=lambda ids: None
+    )
+    assert result.rejected == 0
+    return rt.ledger.in_status(campaign_id, [Status.QUEUED]), rows
+
+
+def _kill_at(rt, monkeypatch, call: int) -> list[str]:
+    """Make the ``call``-th provider call (1-based, both channels) die before reaching the provider."""
+    calls: list[str] = []
+    for channel in ("email", "sms"):
+        from dispatcher.core.states import Channel
+
+        provider = rt.provider(Channel(channel))
+        real = provider.send
+
+        def send(outgoing, real=real):
+            calls.append(outgoing.reference)
+            if len(calls) == call:
+                raise Killed()
+            return real(outgoing)
+
+        monkeypatch.setattr(provider, "send", send)
+    return calls
+
+
+def _after_stale(rt) -> None:
+    clock.start_at(clock.now() + timedelta(seconds=rt.settings.stale_sending_seconds + 1))
+
+
+def _marks_keys(client: redis.Redis) -> list[bytes]:
+    return [k for k in client.keys(f"{keys.prefix}:marks:*") if not k.endswith(b":epoch")]
+
+
+def test_a_batch_is_claimed_and_recorded_in_one_statement_each(mrt, tmp_path, moto, redis_url) -> None:
+    ids, rows = _enqueue(mrt, tmp_path, 12)
+    statements: list[str] = []
+    engine = mrt.ledger._writer
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001
+        statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        result = deliver_many(mrt, ids)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    assert result.error is None
+    assert {mrt.ledger.get(i).status for i in ids} == {Status.SENT}
+    # PostgreSQL: one read, one claim, one record, one look for early events, and (first batch of a
+    # process) the campaign's definition. SQLite: the claim and the record are one transaction each.
+    if mrt.ledger.dialect == "postgresql":
+        assert statements.count("WITH") == 2 and len(statements) <= 5, statements
+    # Every delivery still has its own audit rows, attempt number and provider message id
+    for i in ids:
+        d = mrt.ledger.get(i)
+        history = mrt.ledger.history(i)
+        assert [(t["from_status"], t["to_status"], t["attempt"]) for t in history] == [
+            (None, "queued", 0),
+            ("queued", "sending", 1),
+            ("sending", "sent", 1),
+        ]
+        assert d.attempts == 1 and d.provider_message_id and d.first_sent_at is not None
+        assert mrt.ledger.delivery_for_message(d.provider_message_id, provider=d.provider, channel=d.channel) == (i, 1)
+    assert mrt.ledger.counts("m") == mrt.ledger.count_rows("m")
+    assert moto_counts(moto) == Counter(contact(r) for r in rows)
+    # And the batch's marks are gone once it is recorded
+    assert _marks_keys(redis.Redis.from_url(redis_url)) == []
+
+
+def test_a_worker_killed_mid_batch_leaves_marks_that_say_what_happened(
+    mrt, tmp_path, moto, redis_url, monkeypatch
+) -> None:
+    # Given a batch of 8 whose worker dies at its 4th provider call, right after marking it
+    ids, rows = _enqueue(mrt, tmp_path, 8)
+    calls = _kill_at(mrt, monkeypatch, 4)
+    with pytest.raises(Killed):
+        deliver_many(mrt, ids)
+    assert {mrt.ledger.get(i).status for i in ids} == {Status.SENDING}
+    assert len(moto.sent_emails()) + len(moto.sent_sms()) == 3
+    # When the sweep runs once the claims are stale
+    _after_stale(mrt)
+    redispatched: list[int] = []
+    result = sweep(mrt, redispatched.extend)
+    by_ref = {int(ref.split(".")[0]): n for n, ref in enumerate(calls, 1)}
+    # Then the three the provider took are `sent` with the message id it gave
+    sent = [i for i in ids if by_ref.get(i, 99) < 4]
+    for i in sent:
+        d = mrt.ledger.get(i)
+        assert d.status is Status.SENT and d.provider_message_id, d
+        history = mrt.ledger.history(i)
+        assert history[-1]["actor"] == "sweep" and "mark" in history[-1]["detail"]
+    accepted = {m["id"] for m in moto.sent_emails()} | {m["message_id"] for m in moto.sent_sms()}
+    assert {mrt.ledger.get(i).provider_message_id for i in sent} <= accepted
+    # And the one marked "about to send" is `unknown` (nobody can know), never resent
+    dead = next(i for i in ids if by_ref.get(i) == 4)
+    assert mrt.ledger.get(dead).status is Status.UNKNOWN
+    # And the four never called are claimable again, their attempt not counted, and handed to the broker
+    never = [i for i in ids if i not in by_ref]
+    assert len(never) == 4
+    assert {mrt.ledger.get(i).status for i in never} == {Status.RETRYING}
+    assert {mrt.ledger.get(i).attempts for i in never} == {0}
+    assert set(never) <= set(redispatched)
+    assert (result.unknown, result.given_back, result.recovered) == (1, 4, 3)
+    # And once sent again, everybody but the unknown one has exactly one message
+    monkeypatch.undo()
+    for i in ids:
+        deliver(mrt, i)
+    assert {mrt.ledger.get(i).status for i in ids if i != dead} == {Status.SENT}
+    assert mrt.ledger.get(dead).status is Status.UNKNOWN
+    expected = Counter(contact(r) for r in rows)
+    dead_contact = mrt.ledger.get(dead).contact
+    del expected[dead_contact]
+    assert moto_counts(moto) == expected
+    assert mrt.ledger.counts("m") == mrt.ledger.count_rows("m")
+
+
+@pytest.mark.parametrize("loss", ["flushdb", "restart", "expired"])
+def test_lost_marks_make_every_stale_send_unknown_never_resent(
+    mrt, tmp_path, moto, redis_url, monkeypatch, loss
+) -> None:
+    # Given a batch whose worker died at its 3rd call (2 sent, 1 marked, the rest never called)
+    ids, _rows = _enqueue(mrt, tmp_path, 6)
+    _kill_at(mrt, monkeypatch, 3)
+    with pytest.raises(Killed):
+        deliver_many(mrt, ids)
+    client = redis.Redis.from_url(redis_url)
+    # When its marks may be incomplete: Redis flushed, Redis restarted (a new epoch), or the hash expired
+    if loss == "flushdb":
+        client.flushdb()
+    elif loss == "restart":
+        client.set(f"{keys.prefix}:marks:epoch", "a-new-life")  # what a restart looks like to the epoch
+    else:
+        client.delete(*_marks_keys(client))
+    _after_stale(mrt)
+    redispatched: list[int] = []
+    result = sweep(mrt, redispatched.extend)
+    # Then the sweep assumes the worst for the whole batch: `unknown`, none handed back, none resent
+    assert {mrt.ledger.get(i).status for i in ids} == {Status.UNKNOWN}
+    assert result.unknown == len(ids) and not set(ids) & set(redispatched)
+    assert "marks were lost" in mrt.ledger.history(ids[-1])[-1]["detail"]
+    monkeypatch.undo()
+    for i in ids:
+        deliver(mrt, i)
+    assert len(moto.sent_emails()) + len(moto.sent_sms()) == 2
+
+
+def test_the_sweep_and_a_live_worker_never_both_own_a_delivery(mrt, tmp_path, redis_url) -> None:
+    ids, _rows = _enqueue(mrt, tmp_path, 2)
+    client = redis.Redis.from_url(redis_url)
+    batch = marks.open_batch(client, 600)
+    claimed = mrt.ledger.claim_many([mrt.ledger.get(i) for i in ids], mark=batch.claim_mark, now=clock.now())
+    assert [d.id for d in claimed] == ids
+    # The worker marks the first; the sweep, looking at both, revokes only the unmarked second
+    assert batch.about(ids[0]) is True
+    assert marks.verdict(client, batch.claim_mark, ids[0]) == marks.ABOUT
+    assert marks.verdict(client, batch.claim_mark, ids[1]) == marks.REVOKED
+    # And the worker, coming to the second, must not send it
+    assert batch.about(ids[1]) is False
+    batch.outcome(ids[0], marks.SENT, "ses", "m-1")
+    batch.flush()
+    assert marks.verdict(client, batch.claim_mark, ids[0]) == "s\tses\tm-1"
+    # A claim mark of another Redis life reads as lost
+    epoch, _, token = batch.claim_mark.rpartition("/")
+    assert marks.verdict(client, f"other:{epoch}/{token}", ids[0]) == marks.LOST
+    client.delete(marks.batch_key(batch.token))
+    with pytest.raises(marks.MarksLost):
+        batch.about(ids[0])
+
+
+def test_without_its_marks_hash_a_batch_sends_nothing_more(mrt, tmp_path, moto, redis_url, monkeypatch) -> None:
+    # Given a batch whose hash disappears (Redis flushed) after its first send
+    ids, _rows = _enqueue(mrt, tmp_path, 4, sms_every=10**9)
+    client = redis.Redis.from_url(redis_url)
+    from dispatcher.core.states import Channel
+
+    provider = mrt.provider(Channel.EMAIL)
+    real = provider.send
+
+    def send(outgoing):
+        result = real(outgoing)
+        client.delete(*_marks_keys(client))
+        return result
+
+    monkeypatch.setattr(provider, "send", send)
+    result = deliver_many(mrt, ids)
+    # Then the rest were not sent but given back (claimable again), and the first is recorded as sent
+    assert isinstance(result.error, marks.MarksLost)
+    statuses = [mrt.ledger.get(i).status for i in ids]
+    assert statuses[0] is Status.SENT and set(statuses[1:]) == {Status.RETRYING}, statuses
+    assert len(moto.sent_emails()) + len(moto.sent_sms()) == 1
