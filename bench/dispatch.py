@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
@@ -61,8 +62,12 @@ def reset_postgres(url: str) -> None:
     admin.dispose()
 
 
-def worker_env(redis_url: str, outbox: Path, prefetch: int) -> dict[str, str]:
-    return dict(
+#: A cap far above the pace: every send takes a rate slot (one Redis script call), none ever waits.
+CAP_PER_SECOND = "1000000"
+
+
+def worker_env(redis_url: str, outbox: Path, prefetch: int, caps: bool = False) -> dict[str, str]:
+    env = dict(
         os.environ,
         DISPATCHER_DATABASE_URL=PG_URL,
         DISPATCHER_REDIS_URL=redis_url,
@@ -74,6 +79,25 @@ def worker_env(redis_url: str, outbox: Path, prefetch: int) -> dict[str, str]:
         DISPATCHER_DATA_DIR=str(WORK / "data"),
         dramatiq_queue_prefetch=str(prefetch),
     )
+    if caps:
+        env.update(DISPATCHER_EMAIL_RATE=CAP_PER_SECOND, DISPATCHER_SMS_RATE=CAP_PER_SECOND)
+    return env
+
+
+def ledger_commits(url: str) -> int:
+    """Committed transactions of the ledger's database so far (``pg_stat_database.xact_commit``)."""
+    parsed = sqlalchemy.make_url(url)
+    engine = sqlalchemy.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            return int(
+                conn.execute(
+                    text("SELECT xact_commit FROM pg_stat_database WHERE datname = :d"), {"d": parsed.database}
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
 
 
 def workers_of(root: psutil.Process) -> list[psutil.Process]:
@@ -114,27 +138,32 @@ class Ours:
     cpu: str = ""
     cpu_ms: float = 0.0
     cpu_split: str = ""
+    #: Ledger commits (pg_stat_database.xact_commit of the ledger's database) per delivery sent.
+    commits_per_delivery: float = 0.0
 
 
 DESIGN = """A broker message carries 20 delivery ids (`DISPATCHER_SEND_BATCH`). The worker thread reads all 20
-(with their campaign's state and version and their contacts' suppressions) in one query over one pooled
-connection, then takes them one after the other: the claim, and later `sent`, each as one compare-and-set
-`UPDATE … RETURNING` that writes the counters, the audit row (and the provider message id) in the same
-statement, returning only the attempt count. Provider events that arrived before their send was recorded are
-looked for once per batch, after the commits. The e-mail's bytes are written directly (dispatcher/sending/mime.py
-`build_raw`, checked byte for byte against the `email` package), its From and Subject folded once per
-campaign. Circuit-breaker successes are counted in memory and added to Redis every 50 sends or second. One
-log line per batch. That is about 2.1 statements per delivery; at the start of this work it was about 47
-(twelve connection checkouts, each with its ping and BEGIN/COMMIT or ROLLBACK, the same row read five
-times, the campaign's JSON parsed for every message)."""
+(with their campaign's state and version and their contacts' suppressions) in one query, runs the pre-claim
+checks (dispatcher/sending/checks.py), opens the batch's hash of send marks in Redis (one script call) and
+claims every delivery that may go in one compare-and-set statement (each delivery's own audit row and
+attempt number, the counters by campaign and channel). Then, one after the other: render, rate slot (when a
+cap applies), one Redis round trip that writes the "about to send" mark of this delivery together with the
+provider's answer for the previous one, the provider call. At the end one more statement records every
+outcome (state, provider message id, audit rows, counters, `provider_messages`) and the hash is deleted.
+Provider events that arrived before their send was recorded are looked for once per batch, after the record.
+That is four ledger statements for 20 deliveries on PostgreSQL (0.2 per delivery; each runs outside an
+explicit transaction, so each is one commit); before this design it was 2.1 per delivery, one claim and one
+record per send."""
 
 #: The parts of a worker's time in the profile (the first marker found in a sample's stack takes it).
 WORKER_PARTS = [
     ("ledger: one read for the batch (deliveries, campaign state, suppressions)", ("Ledger.for_send_many",)),
-    ("ledger: claim (one statement)", ("Ledger.claim",)),
-    ("ledger: record `sent` (one statement)", ("send_claimed (dispatcher/sending/delivery.py);Ledger.move",)),
+    ("ledger: claim the batch (one statement)", ("Ledger.claim_many",)),
+    ("ledger: record the batch's outcomes (one statement)", ("Ledger.record_many",)),
     ("ledger: early provider events, once per batch", ("_AfterBatch.finish",)),
     ("ledger: connection checkout and liveness ping", ("Ledger.pinned",)),
+    ("Redis: send marks (open, about to send + the previous outcome, close)", ("dispatcher/sending/marks.py",)),
+    ("Redis: rate slots", ("dispatcher/sending/ratelimit.py",)),
     ("e-mail: MIME bytes (dispatcher/sending/mime.py)", ("build_raw (dispatcher/sending/mime.py)",)),
     ("e-mail and SMS: Jinja2 render", ("Renderer.email", "Renderer.sms")),
     ("provider `outbox`: write the .eml file / SMS line", ("Provider.send",)),
@@ -145,13 +174,15 @@ WORKER_PARTS = [
 ]
 
 
-def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0) -> Ours:
+def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0, caps: bool = False) -> Ours:
     from dispatcher.ledger import Ledger
 
     outbox = WORK / "outbox"
     shutil.rmtree(outbox, ignore_errors=True)
-    env = worker_env(redis_url, outbox, prefetch)
+    env = worker_env(redis_url, outbox, prefetch, caps)
     ledger = Ledger(PG_URL)
+    time.sleep(1.0)  # PostgreSQL publishes a session's statistics when it goes idle (at most every second)
+    commits_before = ledger_commits(PG_URL)
     log = (WORK / "dispatch-worker.log").open("wb")
     child = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "dispatcher"), "worker", "-p", str(PROCESSES), "-t", str(THREADS)],
@@ -198,6 +229,8 @@ def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0
             child.kill()
             child.wait()
         log.close()
+    time.sleep(1.5)
+    commits = ledger_commits(PG_URL) - commits_before
     with ledger.read() as conn:
         row = conn.execute(
             text(
@@ -242,6 +275,7 @@ def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0
         cpu,
         cpu_ms,
         split,
+        commits / max(1, sent),
     )
 
 
@@ -378,6 +412,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=float, default=15.0, help="seconds of py-spy samples of one worker during the run (0: none)"
     )
+    parser.add_argument(
+        "--also-prefetch", type=int, action="append", default=[], help="run both paths again at this prefetch"
+    )
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--timeout", type=float, default=540.0, help="seconds each pool may run")
     parser.add_argument(
@@ -396,140 +433,138 @@ def main() -> None:
     server = EmbeddedRedis(WORK / "redis-dispatch", persistent=False)
     redis_url = server.start()
     client = redis.Redis.from_url(redis_url)
+    prefetches = list(dict.fromkeys([args.prefetch, *args.also_prefetch]))
+    runs: list[Run] = []
     try:
-        client.flushall()
-        noop_before, noop_cpu_before = run_noop(redis_url, noop_n, args.prefetch)
-        print(
-            f"baseline: no-op Dramatiq actor, {PROCESSES}×{THREADS}, prefetch {args.prefetch}: "
-            f"{noop_before:,.0f} msg/s, {noop_cpu_before:.2f} ms CPU/msg",
-            flush=True,
-        )
-
-        client.flushall()
-        reset_postgres(PG_URL)
-        from enqueue import campaign_file
-
-        from dispatcher import broker
-        from dispatcher.core import clock
-        from dispatcher.core.settings import load_settings
-        from dispatcher.intake.enqueue import enqueue_campaign
-
-        settings = load_settings(database_url=PG_URL, redis_url=redis_url, clock_start=CLOCK_START)
-        clock.start_at(settings.clock_start)
-        broker.install(redis_url)
-        started = time.perf_counter()
-        result = enqueue_campaign(
-            campaign_file(), csv_path, settings=settings, rejects_path=WORK / "dispatch-rejects.csv"
-        )
-        print(
-            f"enqueued {result.new:,} deliveries ({result.by_channel}) in {time.perf_counter() - started:.1f}s",
-            flush=True,
-        )
-        ours = run_ours(redis_url, result.new, args.prefetch, args.profile)
-        print(
-            f"ours: {ours.n:,} sent at {ours.rate:,.0f}/s over {ours.seconds:.1f}s, {ours.cpu_ms:.2f} ms CPU each; "
-            f"statuses {ours.statuses}; "
-            f"outbox {ours.emails:,} e-mails + {ours.sms:,} SMS, duplicate SMS references {ours.duplicates}",
-            flush=True,
-        )
-
-        client.flushall()
-        noop_after, noop_cpu_after = run_noop(redis_url, noop_n, args.prefetch)
-        print(f"baseline again: no-op {noop_after:,.0f} msg/s, {noop_cpu_after:.2f} ms CPU/msg", flush=True)
+        for prefetch in prefetches:
+            client.flushall()
+            noop_before, noop_cpu_before = run_noop(redis_url, noop_n, prefetch)
+            print(f"no-op Dramatiq, prefetch {prefetch}: {noop_before:,.0f} msg/s", flush=True)
+            variants = []
+            for caps in (False, True):
+                client.flushall()
+                result = enqueue_for_run(redis_url, csv_path)
+                profile = args.profile if (prefetch == args.prefetch and not caps) else 0.0
+                ours = run_ours(redis_url, result.new, prefetch, profile, caps)
+                print(
+                    f"ours (prefetch {prefetch}, caps {caps}): {ours.n:,} sent at {ours.rate:,.0f}/s over "
+                    f"{ours.seconds:.1f}s, {ours.cpu_ms:.2f} ms CPU each, {ours.commits_per_delivery:.3f} ledger "
+                    f"commits each; statuses {ours.statuses}; outbox {ours.emails:,} e-mails + {ours.sms:,} SMS, "
+                    f"duplicate SMS references {ours.duplicates}",
+                    flush=True,
+                )
+                variants.append((caps, ours, result))
+            client.flushall()
+            noop_after, noop_cpu_after = run_noop(redis_url, noop_n, prefetch)
+            print(f"no-op Dramatiq again, prefetch {prefetch}: {noop_after:,.0f} msg/s", flush=True)
+            for caps, ours, result in variants:
+                runs.append(
+                    Run(prefetch, caps, ours, result, noop_before, noop_after, (noop_cpu_before + noop_cpu_after) / 2)
+                )
     finally:
         server.stop()
-    boto_rate = run_boto3(args.boto3, csv_path)
-    print(
-        f"baseline: sequential boto3 SES v2 loop to moto: {boto_rate:,.0f} e-mails/s ({args.boto3:,} sent)", flush=True
-    )
-
-    ceiling = (noop_before + noop_after) / 2
-    share = ours.rate / ceiling if ceiling else 0.0
-    sent_samples = [s for s in ours.samples if s.sent > 0]
-    rss_rows = []
-    if sent_samples:
-        points = [
-            ("first send", sent_samples[0]),
-            ("half-way", nearest(sent_samples, ours.n / 2)),
-            ("last send", nearest(sent_samples, ours.n)),
-        ]
-        for label, point in points:
-            rss_rows.append(f"{label} ({point.sent:,} sent): " + ", ".join(f"{r:.0f} MB" for r in sorted(point.rss_mb)))
-        half, last = sum(points[1][1].rss_mb), sum(points[2][1].rss_mb)
-        if half:
-            rss_rows.append(f"second half: {last - half:+.0f} MB in all ({(last - half) / half:+.0%})")
-    verdict = "met" if share >= 0.5 else "**not yet met**"
-    lines = [
-        "| figure | target | result | baseline (same run) | ratio |",
-        "|---|---|---|---|---|",
-        f"| full path: claim, render, rate-limit check, send (outbox), record `sent`; {PROCESSES} processes × "
-        f"{THREADS} threads, prefetch {args.prefetch}, PostgreSQL ledger | ≥ 50 % of the no-op ceiling — {verdict} "
-        f"| {ours.rate:,.0f} deliveries/s ({ours.n:,} in {ours.seconds:.1f} s) | no-op Dramatiq actor, same pool, "
-        f"{noop_n:,} messages: "
-        f"{noop_before:,.0f}/s before, {noop_after:,.0f}/s after (mean {ceiling:,.0f}/s) | "
-        f"{share:.0%} of the ceiling |",
-        f"| CPU per delivery (workers + PostgreSQL + Redis) | — | {ours.cpu_ms:.2f} ms | no-op pool + Redis: "
-        f"{(noop_cpu_before + noop_cpu_after) / 2:.2f} ms per message | "
-        f"{ours.cpu_ms / max(0.001, (noop_cpu_before + noop_cpu_after) / 2):.1f}× |",
-        f"| the script an office would write: boto3 SES v2 `send_email` in a loop, to moto on 127.0.0.1 | — | "
-        f"{boto_rate:,.0f} e-mails/s ({args.boto3:,} sent) | — | ours is {ours.rate / boto_rate:.1f}× that |",
-        f"| worker RSS (each of the {PROCESSES} worker processes) | flat | " + "; ".join(rss_rows) + " | — | — |",
-    ]
-    body = (
-        f"## Dispatch ({n:,} deliveries)\n\n"
-        f"{machine()}; command: `.venv/bin/python bench/dispatch.py --deliveries {n} --boto3 {args.boto3} "
-        f"--noop-messages {args.noop_messages} --timeout {TIMEOUT:.0f} --write`.\n"
-        f"{result.new:,} deliveries ({result.by_channel['email']:,} e-mail, {result.by_channel['sms']:,} SMS) queued "
-        f"before `dispatcher worker -p {PROCESSES} -t {THREADS}` starts; rate from the first to the last `sent` in "
-        f"the ledger. Outbox afterwards: {ours.emails:,} .eml files + {ours.sms:,} SMS lines, "
-        f"{ours.duplicates} duplicate SMS references; ledger statuses {ours.statuses}. "
-        "No cap applies (no channel rate, `DISPATCHER_DOMAIN_RATES={}`), so the rate-limit check makes no Redis "
-        "call. The boto3 loop is a few thousand e-mails only: moto itself, not boto3, sets its pace.\n\n"
-        + "\n".join(lines)
-    )
-    body += f"\n\n{ours.cpu} (from start-up to the last send)."
-    if n < 1_000_000 and ours.rate:
-        body += (
-            f"\n\nRun size: the issue asks for worker memory over 1,000,000 messages. At {ours.rate:,.0f}/s "
-            f"that is {1_000_000 / ours.rate / 3600:.1f} h on this machine, far past the ten minutes a "
-            f"benchmark run may take here; this run has {n:,} deliveries, so the memory figure covers "
-            f"{n:,} messages, not a million."
-        )
-    if ours.n < n:
-        body += (
-            f"\n\n**Cut short:** the workers were stopped after {TIMEOUT:.0f} s with {ours.n:,} of {n:,} "
-            "deliveries sent; the rate is over those."
-        )
-    if share < 0.5:
-        ceiling = (noop_before + noop_after) / 2
-        budget = 2 * 1000 / (0.5 * ceiling)
-        body += (
-            "\n\n**Not yet met.** Half the no-op ceiling is "
-            f"{ceiling / 2:,.0f} deliveries/s, which leaves two cores {budget:.2f} ms of CPU per delivery for "
-            f"everything: Dramatiq, our worker, PostgreSQL and Redis. Ours takes {ours.cpu_ms:.2f} ms "
-            f"({ours.cpu_split}). PostgreSQL's share alone is close to the whole budget: the two durable "
-            "writes each delivery needs (the claim before the provider call, `sent` after it, each with its "
-            "audit row and counters) are what keep a killed worker from losing or double-sending anyone. "
-            "Claiming a whole batch in one statement would divide that cost, but a worker killed mid-batch "
-            "would then leave every claimed, unsent delivery in `sending`, and the sweep would call people "
-            "`unknown` who were never sent anything (the reliability suite's bound: `unknown` ≤ the sends "
-            "in flight). We keep one claim per send and report the gap. What was changed in this work, "
-            "measured with this script: 45 deliveries/s at the start (2026-11-25, 20,000 deliveries), 181/s "
-            "with four statements per delivery and the `email` package (2026-11-26, 100,000), then batches "
-            "of 20 per message, MIME bytes written directly, breaker counts in memory and slim RETURNING."
-        )
-    body += "\n\n" + DESIGN
-    if ours.profile:
-        body += (
-            f"\n\nWhere a worker's time goes (py-spy, {args.profile:g} s of one worker process from a fifth of "
-            "the run on; samples of threads on the CPU):\n\n"
-            + sampling.table(sampling.share(ours.profile, WORKER_PARTS))
-        )
-    elif args.profile:
-        body += "\n\n(No profile: py-spy is not installed; `.venv/bin/pip install py-spy`.)"
+    boto_rate = run_boto3(args.boto3, csv_path) if args.boto3 else 0.0
+    body = report(args, n, runs, boto_rate, noop_n)
     print(body)
     if args.write:
         write_section("dispatch", body)
+
+
+@dataclass
+class Run:
+    prefetch: int
+    caps: bool
+    ours: Ours
+    result: object
+    noop_before: float
+    noop_after: float
+    noop_cpu_ms: float
+
+    @property
+    def ceiling(self) -> float:
+        return (self.noop_before + self.noop_after) / 2
+
+    @property
+    def share(self) -> float:
+        return self.ours.rate / self.ceiling if self.ceiling else 0.0
+
+
+def enqueue_for_run(redis_url: str, csv_path: Path) -> object:
+    """A fresh ledger with the bench campaign queued (the broker's queue filled before the workers start)."""
+    reset_postgres(PG_URL)
+    from enqueue import campaign_file
+
+    from dispatcher import broker
+    from dispatcher.core import clock
+    from dispatcher.core.settings import load_settings
+    from dispatcher.intake.enqueue import enqueue_campaign
+
+    settings = load_settings(database_url=PG_URL, redis_url=redis_url, clock_start=CLOCK_START)
+    clock.start_at(settings.clock_start)
+    broker.install(redis_url)
+    started = time.perf_counter()
+    result = enqueue_campaign(campaign_file(), csv_path, settings=settings, rejects_path=WORK / "dispatch-rejects.csv")
+    print(
+        f"enqueued {result.new:,} deliveries ({result.by_channel}) in {time.perf_counter() - started:.1f}s", flush=True
+    )
+    return result
+
+
+def report(args: argparse.Namespace, n: int, runs: list[Run], boto_rate: float, noop_n: int) -> str:
+    lines = [
+        "| path | prefetch | deliveries/s | no-op ceiling, same prefetch (before / after) | share of the ceiling "
+        "(target) | ledger commits per delivery (target ≤ 0.5) | CPU per delivery (no-op: per message) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        target = 0.4 if r.caps else 0.5
+        mark = "✅" if r.share >= target else "❌"
+        commits = "✅" if r.ours.commits_per_delivery <= 0.5 else "❌"
+        path = "every send takes a rate slot (caps far above the pace)" if r.caps else "no caps"
+        lines.append(
+            f"| {path} | {r.prefetch} | {r.ours.rate:,.0f} ({r.ours.n:,} in {r.ours.seconds:.1f} s) | "
+            f"{r.ceiling:,.0f}/s ({r.noop_before:,.0f} / {r.noop_after:,.0f}) | "
+            f"{r.share:.0%} (≥ {target:.0%}) {mark} | "
+            f"{r.ours.commits_per_delivery:.3f} {commits} | {r.ours.cpu_ms:.2f} ms ({r.noop_cpu_ms:.2f} ms) |"
+        )
+    first = runs[0]
+    res: Any = first.result
+    also = " ".join(f"--also-prefetch {p}" for p in args.also_prefetch)
+    body = (
+        f"## Dispatch ({n:,} deliveries)\n\n"
+        f"{machine()}; command: `.venv/bin/python bench/dispatch.py --deliveries {n} --boto3 {args.boto3} "
+        f"--noop-messages {args.noop_messages} --prefetch {args.prefetch} {also} --timeout {TIMEOUT:.0f} --write`.\n"
+        f"1-minute load average at the end: {os.getloadavg()[0]:.1f}. "
+        f"{res.new:,} deliveries ({res.by_channel['email']:,} e-mail, {res.by_channel['sms']:,} SMS) queued before "
+        f"`dispatcher worker -p {PROCESSES} -t {THREADS}` starts, for each path; rate from the first to the last "
+        "`sent` in the ledger. The no-op ceiling is Dramatiq's own pool running an actor that does nothing, with "
+        f"the same processes, threads and prefetch, {noop_n:,} messages, before and after the two paths at that "
+        "prefetch. Ledger commits: `pg_stat_database.xact_commit` of the ledger's database from the workers' start "
+        "to their stop (everything: the batches, the sweeper, this script's polling of the counters twice a second), "
+        "divided by the deliveries sent. The caps path sets `DISPATCHER_EMAIL_RATE` and `DISPATCHER_SMS_RATE` to "
+        f"{CAP_PER_SECOND}/s, so every send takes (and re-stamps) a slot in Redis and none waits.\n\n"
+        + "\n".join(lines)
+    )
+    for r in runs:
+        o = r.ours
+        body += (
+            f"\n\n- {'caps' if r.caps else 'no caps'}, prefetch {r.prefetch}: outbox {o.emails:,} .eml files + "
+            f"{o.sms:,} SMS lines, {o.duplicates} duplicate SMS references; ledger statuses {o.statuses}. {o.cpu}"
+        )
+    if boto_rate:
+        body += (
+            f"\n\nThe script an office would write (boto3 SES v2 `send_email` in a loop to moto on 127.0.0.1): "
+            f"{boto_rate:,.0f} e-mails/s ({args.boto3:,} sent); moto, not boto3, sets that pace."
+        )
+    body += "\n\n" + DESIGN
+    profiled = next((r.ours.profile for r in runs if r.ours.profile), None)
+    if profiled:
+        body += (
+            f"\n\nWhere a worker's time goes (py-spy, {args.profile:g} s of one worker process from a fifth of "
+            f"the run on, no caps, prefetch {args.prefetch}; samples of threads on the CPU):\n\n"
+            + sampling.table(sampling.share(profiled, WORKER_PARTS))
+        )
+    return body
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_a_batch_is_claimed_and_recorded_in_one_statement_each(mrt, tmp_path, mo
     statements: list[str] = []
     engine = mrt.ledger._writer
 
-    def count(conn, cursor, statement, *args):  # noqa: ANN001
+    def count(conn, cursor, statement, *args):
         statements.append(statement.split(None, 1)[0].upper())
 
     event.listen(engine, "before_cursor_execute", count)
