@@ -138,6 +138,20 @@ class WorkerPool:
         self.killed.append(workers[0].pid)
         return True
 
+    def kill_pool(self, processes: int, min_age: float) -> bool:
+        """``kill -9`` every worker process of the pool at once (every send in flight dies), under the same
+        conditions as :meth:`kill_one`."""
+        workers = self.dramatiq_workers()
+        if len(workers) != processes or time.time() - max(w.create_time() for w in workers) < min_age:
+            return False
+        for worker in workers:
+            try:
+                worker.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        self.killed.append(workers[0].pid)
+        return True
+
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 

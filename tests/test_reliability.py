@@ -106,10 +106,13 @@ def sqlite_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def sweep_figures(log: str) -> dict[str, int]:
     swept = [int(n) for n in re.findall(r"sweep: \d+ stale sends marked unknown, \d+ expired, (\d+) re-enqueued", log)]
     marked = [int(n) for n in re.findall(r"sweep: (\d+) stale sends marked unknown", log)]
+    marks = [(int(a), int(b)) for a, b in re.findall(r"(\d+) never called, given back; (\d+) recorded", log)]
     return {
         "sweeps_that_found_work": len(swept),
         "re_enqueued_by_sweeps": sum(swept),
         "marked_unknown_by_sweeps": sum(marked),
+        "given_back_by_sweeps": sum(a for a, _ in marks),
+        "recorded_from_marks_by_sweeps": sum(b for _, b in marks),
     }
 
 
@@ -227,6 +230,86 @@ def test_killing_worker_processes_never_double_sends_and_loses_no_one(
             "rate_per_s": round(n / elapsed, 1),
             **sweep_figures(log),
             "broker_messages_left_when_settled": backlog,
+            "log_lines_checked": lines,
+        }
+    )
+    figures.emit()
+
+
+#: The whole-pool crash through moto: `dispatcher worker -p 2 -t 8` (16 sends in flight at most), six kills.
+POOL_PROCESSES, POOL_THREADS, POOL_KILLS = 2, 8, int(os.environ.get("DISPATCHER_CHAOS_POOL_KILLS", "6"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(budget(CHAOS_SIZE, 10, floor=500))
+def test_killing_the_whole_pool_while_sending_through_aws_never_double_sends(
+    tmp_path, moto, redis_url, sqlite_ledger, recovery, dispatcher_cmd, monkeypatch
+) -> None:
+    # Given a campaign of CHAOS_SIZE people sent by SES and SNS (moto), paced to outlast six kills
+    n = CHAOS_SIZE
+    figures = Figures("crash-pool-aws")
+    outputs: list[tuple[str, str]] = []
+    boto3.client("sesv2", endpoint_url=moto.url).create_email_identity(EmailIdentity="giftpad.jp")
+    monkeypatch.setenv("DISPATCHER_EMAIL_PROVIDER", "ses")
+    monkeypatch.setenv("DISPATCHER_SMS_PROVIDER", "sns")
+    pace(monkeypatch, n, max(30.0, POOL_KILLS * (KILL_AFTER + 3) + 10))
+    rows = person_rows(n)
+    enqueue(dispatcher_cmd, tmp_path, "pool", rows, outputs)
+    ledger = Ledger(sqlite_ledger)
+
+    # When every worker process of `dispatcher worker -p 2 -t 8` is killed with -9 at once, six times
+    started = time.monotonic()
+    pool = WorkerPool(dispatcher_cmd, tmp_path / "worker.log", POOL_PROCESSES, POOL_THREADS)
+    last_kill_done = 0
+    with pool:
+        deadline = started + budget(n, 10, floor=400)
+        by_status = counts(ledger, "pool")
+        while time.monotonic() < deadline:
+            by_status = counts(ledger, "pool")
+            if settled(by_status):
+                break
+            assert pool.alive, "dispatcher worker itself must keep running\n" + pool.log()[-3000:]
+            done = by_status.get("sent", 0) + by_status.get("unknown", 0)
+            if (
+                len(pool.killed) < POOL_KILLS
+                and last_kill_done < done < 0.9 * n
+                and pool.kill_pool(POOL_PROCESSES, min_age=KILL_AFTER)
+            ):
+                last_kill_done = done
+                figures.values.setdefault("kill_at_done", []).append(done)  # type: ignore[union-attr]
+            time.sleep(0.25)
+        elapsed = time.monotonic() - started
+        time.sleep(2)
+        after = counts(ledger, "pool")
+    log = pool.log()
+
+    # Then everybody is `sent` or `unknown`
+    assert settled(by_status), f"still pending after {elapsed:.0f}s: {by_status}\n{log[-3000:]}"
+    assert after == by_status and set(by_status) <= {"sent", "unknown"} and sum(by_status.values()) == n, by_status
+    assert len(pool.killed) == POOL_KILLS, f"only {len(pool.killed)} of {POOL_KILLS} kills happened"
+    # And nobody got two messages at the provider; every `sent` got exactly one
+    at_moto = moto_counts(moto)
+    assert max(at_moto.values()) == 1, [c[:3] for c, k in at_moto.items() if k > 1]
+    by_contact = {d.contact: d for d in ledger.iter_campaign("pool")}
+    assert all(at_moto[c] == 1 for c, d in by_contact.items() if d.status == "sent")
+    # And at most the sends in flight when the pool died are `unknown` (16 per kill)
+    unknown = [c for c, d in by_contact.items() if d.status == "unknown"]
+    assert len(unknown) <= POOL_PROCESSES * POOL_THREADS * len(pool.killed), (len(unknown), len(pool.killed))
+    ledger.dispose()
+    lines = assert_no_leaks([("worker log", log), *outputs])
+    figures.values.update(
+        {
+            "deliveries": n,
+            "processes": POOL_PROCESSES,
+            "threads": POOL_THREADS,
+            "kills": len(pool.killed),
+            "final": by_status,
+            "unknown_bound": POOL_PROCESSES * POOL_THREADS * len(pool.killed),
+            "unknown_with_message_at_moto": sum(1 for c in unknown if at_moto[c]),
+            "unknown_without": sum(1 for c in unknown if not at_moto[c]),
+            "duplicates": 0,
+            "send_seconds": round(elapsed, 1),
+            **sweep_figures(log),
             "log_lines_checked": lines,
         }
     )

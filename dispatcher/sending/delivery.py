@@ -27,7 +27,7 @@ from dispatcher.core.privacy import mask_contact, redact
 from dispatcher.core.states import CLAIMABLE, Channel, Status
 from dispatcher.feedback.apply import PendingLimits, apply_pending
 from dispatcher.ledger.store import CampaignRecord, Delivery, Settle
-from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, SendResult
+from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms
 from dispatcher.runtime import Runtime
 from dispatcher.sending import marks as send_marks
 from dispatcher.sending import outcomes
@@ -113,8 +113,10 @@ def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None
                     ready.append(checked)
             groups = [ready] if rt.redis is not None else [[one] for one in ready]
             for group in groups:
-                if group:
+                try:
                     _send_batch(rt, group, result, after, started, limit)
+                except Exception as exc:
+                    result.failed(exc)
         except Exception as exc:
             result.failed(exc)
         finally:
@@ -333,15 +335,20 @@ def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> O
     )
 
 
-def _call(rt: Runtime, delivery: Delivery, outgoing: Outgoing, slot: Slot) -> SendResult:
-    """The provider call; when it is over, its rate slot counts from then (it may have arrived then)."""
+def _after_call(rt: Runtime, delivery: Delivery, slot: Slot, marks: send_marks.BatchMarks | None) -> None:
+    """The call is over: its rate slot counts from now (it may have arrived now). Under a rate limit or a
+    quota the next send may wait, so the outcome mark goes now, with the re-stamp (one round trip); else it
+    goes with the next send's mark."""
+    if marks is None or rt.redis is None or not rt.limits.applies(delivery.channel, delivery.contact):
+        rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
+        return
     try:
-        return rt.provider(delivery.channel).send(outgoing)
-    finally:
-        try:
-            rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
-        except Exception as exc:  # the send is over; its slot just ages out from when it was taken
-            log.warning("rate slot not re-stamped: %s", type(exc).__name__)
+        pipe = rt.redis.pipeline(transaction=False)
+        rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost, pipe=pipe)
+        marks.flush(pipe)
+        pipe.execute()
+    except Exception as exc:  # the outcome is recorded with the batch; the marks only matter after a crash
+        log.warning("send marks / rate slot after a send: %s", type(exc).__name__)
 
 
 def _call_and_settle(
@@ -357,29 +364,29 @@ def _call_and_settle(
     who = f"delivery {delivery.id} ({mask_contact(delivery.channel, delivery.contact)})"
     note = marks.outcome if marks is not None else lambda *_: None
     try:
-        result = _call(rt, delivery, outgoing, slot)
+        result = rt.provider(delivery.channel).send(outgoing)
     except AmbiguousOutcome as exc:
-        return outcomes.settle(delivery, provider, exc, Status.UNKNOWN, f"{who}: outcome unknown, will not resend")
+        done = outcomes.settle(delivery, provider, exc, Status.UNKNOWN, f"{who}: outcome unknown, will not resend")
     except PermanentError as exc:
         done = outcomes.settle(delivery, provider, exc, Status.FAILED, f"{who}: refused for good")
-        note(delivery.id, send_marks.REFUSED, done[0].values["provider_code"] or "refused")
+        note(delivery.id, send_marks.REFUSED, str(done[0].values["provider_code"] or "refused"))
         rt.breaker.record_failure(delivery.campaign_id)
-        return done
     except ProviderError as exc:
         done = outcomes.retry_later(rt, delivery, exc, provider, send_by)
         if done[0].to is Status.FAILED:
-            note(delivery.id, send_marks.REFUSED, done[0].values["provider_code"] or "gave-up")
+            note(delivery.id, send_marks.REFUSED, str(done[0].values["provider_code"] or "gave-up"))
         else:
             note(delivery.id, send_marks.NOT_TAKEN)
-        return done
     except Exception as exc:  # not one of the provider's known answers: it may have taken the message
-        return outcomes.settle(
-            delivery, provider, exc, Status.UNKNOWN, f"{who}: outcome unknown ({type(exc).__name__})"
-        )
-    note(delivery.id, send_marks.SENT, provider, result.message_id)
-    parts = outgoing.parts if isinstance(outgoing, OutgoingSms) else None
-    after.message_ids.append(result.message_id)  # its early provider events are looked for after the batch
-    rt.breaker.record_success(delivery.campaign_id)
-    # One line per batch says what happened (the ledger has every send); this one only when debugging.
-    log.debug("%s: sent via %s", who, provider)
-    return outcomes.sent(delivery, provider, result.message_id, clock.now(), parts)
+        what = f"{who}: outcome unknown ({type(exc).__name__})"
+        done = outcomes.settle(delivery, provider, exc, Status.UNKNOWN, what)
+    else:
+        note(delivery.id, send_marks.SENT, provider, result.message_id)
+        parts = outgoing.parts if isinstance(outgoing, OutgoingSms) else None
+        after.message_ids.append(result.message_id)  # its early provider events are looked for after the batch
+        rt.breaker.record_success(delivery.campaign_id)
+        # One line per batch says what happened (the ledger has every send); this one only when debugging.
+        log.debug("%s: sent via %s", who, provider)
+        done = outcomes.sent(delivery, provider, result.message_id, clock.now(), parts)
+    _after_call(rt, delivery, slot, marks)
+    return done

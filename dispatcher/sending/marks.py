@@ -100,9 +100,10 @@ class BatchMarks:
         """Note what the provider answered; written with the next mark, or by :meth:`flush`."""
         self.pending[str(delivery_id)] = "\t".join(parts)
 
-    def flush(self) -> None:
+    def flush(self, pipe: Any = None) -> None:
+        """Write the outcomes noted so far (queued on ``pipe`` when given: the caller executes it)."""
         if self.pending:
-            self.client.hset(batch_key(self.token), mapping=self.pending)
+            (pipe if pipe is not None else self.client).hset(batch_key(self.token), mapping=self.pending)
             self.pending = {}
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import redis
 
@@ -45,13 +46,19 @@ class Limits:
             return 0.0
         return self.limiter.acquire(limits, quota, cost, max_wait=self.settings.rate_max_wait_seconds, token=token)
 
-    def sent(self, channel: Channel, contact: str, token: str, cost: int = 1) -> None:
-        """The provider call for slot ``token`` is over: count the send from now (it may have arrived now)."""
+    def applies(self, channel: Channel, contact: str) -> bool:
+        """Whether a send to this contact may have to wait for a slot (a rate limit or a daily quota)."""
+        limits, quota = self.limits_for(channel, contact)
+        return self.limiter is not None and bool(limits or quota)
+
+    def sent(self, channel: Channel, contact: str, token: str, cost: int = 1, pipe: Any = None) -> None:
+        """The provider call for slot ``token`` is over: count the send from now (it may have arrived now).
+        With ``pipe`` (a Redis pipeline) the re-stamp is only queued on it."""
         limits, _ = self.limits_for(channel, contact)
         if self.limiter is None or not limits:
             return
         try:
-            self.limiter.sent(limits, token, cost)
+            self.limiter.sent(limits, token, cost, client=pipe)
         except redis.RedisError as exc:  # never lose the outcome of a send over this
             log.warning("rate limit: could not record the end of a send: %s", exc)
 

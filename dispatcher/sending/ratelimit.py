@@ -18,6 +18,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -187,9 +188,10 @@ class RateLimiter:
             # Sleep to the computed moment, plus a little jitter so waiting threads do not stampede.
             time.sleep(wait + random.uniform(0, 0.002))
 
-    def sent(self, limits: list[Limit], token: str, cost: int = 1) -> None:
-        """The provider call that took slots ``token`` is over: they count from now on (see the module)."""
+    def sent(self, limits: list[Limit], token: str, cost: int = 1, client: Any = None) -> None:
+        """The provider call that took slots ``token`` is over: they count from now on (see the module).
+        ``client``: a pipeline to queue the call on instead."""
         if not limits:
             return
         cost = max(1, min([cost, *(limit.cap_and_window_us[0] for limit in limits)]))
-        self._sent(keys=[keys.rate(limit.scope) for limit in limits], args=[cost, token])
+        self._sent(keys=[keys.rate(limit.scope) for limit in limits], args=[cost, token], client=client)
