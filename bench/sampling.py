@@ -111,6 +111,8 @@ class CpuMeter:
         #: Processes under this pid are counted under ``tree_name`` instead of their own name.
         self.tree_root: int | None = None
         self.tree_name = "tree"
+        #: PostgreSQL backends serving this database are counted as ``postgres-ledger`` (the server is shared).
+        self.postgres_database: str | None = None
         self._first: dict[tuple[int, float], float] = {}
         self._last: dict[tuple[int, float], tuple[str, float]] = {}
         self._stop = threading.Event()
@@ -128,6 +130,12 @@ class CpuMeter:
                 continue
             self._first.setdefault(key, used if starting else 0.0)
             name = proc.info["name"] or "?"
+            if self.postgres_database and name == "postgres":
+                try:
+                    if f" {self.postgres_database} " in " ".join(proc.cmdline()) + " ":
+                        name = "postgres-ledger"
+                except psutil.Error:
+                    pass
             if self.tree_root is not None:
                 try:
                     if proc.pid == self.tree_root or any(p.pid == self.tree_root for p in proc.parents()):

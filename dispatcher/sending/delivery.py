@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import redis
+
 from dispatcher.core import clock, sms
 from dispatcher.core.errors import AmbiguousOutcome, PermanentError, ProviderError
 from dispatcher.core.privacy import mask_contact, redact
@@ -343,10 +345,16 @@ def _after_call(rt: Runtime, delivery: Delivery, slot: Slot, marks: send_marks.B
         rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
         return
     try:
+        pending = dict(marks.pending)
         pipe = rt.redis.pipeline(transaction=False)
-        rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost, pipe=pipe)
         marks.flush(pipe)
-        pipe.execute()
+        rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost, pipe=pipe)
+        try:
+            pipe.execute()
+        except redis.exceptions.NoScriptError:  # the server lacked the re-stamp script: the plain way
+            marks.pending = pending
+            marks.flush()
+            rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
     except Exception as exc:  # the outcome is recorded with the batch; the marks only matter after a crash
         log.warning("send marks / rate slot after a send: %s", type(exc).__name__)
 

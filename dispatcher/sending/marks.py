@@ -86,11 +86,21 @@ class BatchMarks:
 
         True: the provider may be called. False: the sweep revoked it (it is no longer ours). Raises
         :class:`MarksLost` when the hash is gone, and Redis errors as they come: do not call then."""
-        pipe = self.client.pipeline(transaction=False)
-        if self.pending:
-            pipe.hset(batch_key(self.token), mapping=self.pending)
-        _script(self.client, "about")(keys=[batch_key(self.token)], args=[str(delivery_id), self.epoch], client=pipe)
-        reply = pipe.execute()[-1]
+        # EVALSHA on a plain pipeline: redis-py's Script object on a pipeline asks SCRIPT EXISTS first, an
+        # extra round trip per send. A server that lacks the script (restarted, SCRIPT FLUSH) gets it loaded.
+        key, sha = batch_key(self.token), _script(self.client, "about").sha
+        for loaded in (False, True):
+            pipe = self.client.pipeline(transaction=False)
+            if self.pending:
+                pipe.hset(key, mapping=self.pending)  # only fields this batch marked itself: safe to repeat
+            pipe.evalsha(sha, 1, key, str(delivery_id), self.epoch)
+            try:
+                reply = pipe.execute()[-1]
+                break
+            except redis.exceptions.NoScriptError:
+                if loaded:
+                    raise
+                sha = self.client.script_load(_ABOUT)
         self.pending = {}
         if int(reply) < 0:
             raise MarksLost("the send marks of this batch are gone (Redis restarted or flushed)")

@@ -194,4 +194,8 @@ class RateLimiter:
         if not limits:
             return
         cost = max(1, min([cost, *(limit.cap_and_window_us[0] for limit in limits)]))
-        self._sent(keys=[keys.rate(limit.scope) for limit in limits], args=[cost, token], client=client)
+        names = [keys.rate(limit.scope) for limit in limits]
+        if client is None:
+            self._sent(keys=names, args=[cost, token])
+        else:  # queued on a pipeline as a plain EVALSHA (the caller loads the script if the server lacks it)
+            client.evalsha(self._sent.sha, len(names), *names, cost, token)
