@@ -20,7 +20,16 @@ log = logging.getLogger(__name__)
 
 
 class CampaignLedger(BaseLedger):
-    def save_campaign(self, campaign: Campaign, templates: dict[str, str]) -> None:
+    def save_campaign(
+        self,
+        campaign: Campaign,
+        templates: dict[str, str],
+        *,
+        parent_id: str | None = None,
+        purpose: str | None = None,
+    ) -> None:
+        """Record (or update) a campaign. ``parent_id``/``purpose``: a run made for another campaign (a
+        reminder run: ``purpose="reminder:<template>"``); set when the record is first written."""
         now = clock.now()
         definition = campaign_to_dict(campaign)
         definition["deadline"] = campaign.deadline.isoformat()
@@ -33,6 +42,8 @@ class CampaignLedger(BaseLedger):
             state="active",
             created_at=now,
             updated_at=now,
+            parent_id=parent_id,
+            purpose=purpose,
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=[campaigns.c.id],

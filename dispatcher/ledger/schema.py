@@ -102,10 +102,15 @@ deliveries = Table(
     Column("last_event_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    #: Second wave: the row's inquiry number (NFKC), copied out of ``fields`` at enqueue so the call centre's
+    #: desk finds a person by it through an index. Rows written before the column existed have NULL here.
+    Column("inquiry_no", Text),
     UniqueConstraint("campaign_id", "user_id", name="uq_delivery_campaign_user"),
     Index("ix_deliveries_campaign_status", "campaign_id", "status", "channel"),
     Index("ix_deliveries_status_not_before", "status", "not_before"),
     Index("ix_deliveries_provider_message", "provider_message_id"),
+    Index("ix_deliveries_campaign_inquiry", "campaign_id", "inquiry_no"),
+    Index("ix_deliveries_campaign_contact", "campaign_id", "contact"),
 )
 
 #: Append-only audit trail: every state change with time, attempt and provider code.
@@ -167,6 +172,8 @@ provider_messages = Table(
     Column("attempt", Integer, nullable=False),
     Column("provider", String(32), nullable=False),
     Column("sent_at", UTCDateTime, nullable=False),
+    #: Every attempt's message id of one delivery, for the person desk.
+    Index("ix_provider_messages_delivery", "delivery_id"),
 )
 
 #: Provider events as received (deduplicated). ``applied`` is false while the event waits for its send to

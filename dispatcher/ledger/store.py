@@ -13,11 +13,12 @@ from .events import EventLedger
 from .imports import ImportLedger
 from .moves import MoveLedger
 from .new_deliveries import NewDeliveryLedger, _json_dumps
+from .people import PeopleLedger
 from .records import CampaignRecord, Delivery
 from .suppression import SuppressionLedger
 
 __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"]
 
 
-class Ledger(CampaignLedger, NewDeliveryLedger, MoveLedger, ImportLedger, SuppressionLedger, EventLedger):
+class Ledger(CampaignLedger, NewDeliveryLedger, MoveLedger, ImportLedger, SuppressionLedger, EventLedger, PeopleLedger):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""
