@@ -16,9 +16,11 @@ from dispatcher.operations.person import By, PersonView, Step, jst, people_json
 
 def timeline(title: str, steps: list[Step]) -> Table:
     table = Table(title=title, title_justify="left")
-    for name in (_("time (JST)"), _("from"), _("to"), _("attempt"), _("actor"), _("code")):
+    for name in (_("time (JST)"), _("from"), _("to"), "#"):
         table.add_column(name, no_wrap=True)
-    table.add_column(_("detail"), overflow="fold")
+    # Folded, never cut: every character of who did it and why stays readable on a narrow terminal.
+    for name in (_("actor"), _("code"), _("detail")):
+        table.add_column(name, overflow="fold")
     for s in steps:
         # Text, not markup: an actor or detail holding "[...]" is shown as written.
         table.add_row(
