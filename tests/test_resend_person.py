@@ -78,7 +78,9 @@ def test_a_phone_for_an_email_person_switches_to_sms_and_moves_the_count(srt, tm
 
 
 def test_invalid_or_too_long_is_a_usage_error_and_changes_nothing(srt, tmp_path) -> None:
-    ids = enqueue(srt, fallback_campaign(tmp_path, "bad", fallback=False, sms_max=20), [row("U1", email="a@example.jp")])
+    ids = enqueue(
+        srt, fallback_campaign(tmp_path, "bad", fallback=False, sms_max=20), [row("U1", email="a@example.jp")]
+    )
     deliver(srt, ids["U1"])
     with pytest.raises(InputError, match="email"):
         resend_person(srt, "bad", "U1", None, reason="x", email="invalid", who="operator:x")

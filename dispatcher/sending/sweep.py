@@ -55,7 +55,6 @@ def sweep(
         result.expired += sum(m is not None for m in expired)
         if not any(expired):
             break
-    result.fallbacks = fall_back_due(rt, dispatch)
     dispatched_before = None if everything or queue_empty else now - REDISPATCH_GRACE
     after = 0
     while True:
@@ -66,6 +65,7 @@ def sweep(
         ledger.mark_dispatched(ids, now)
         result.redispatched += len(ids)
         after = ids[-1]
+    result.fallbacks = fall_back_due(rt, dispatch)  # each one queued is handed to the broker here
     if result.unknown or result.redispatched or result.expired or result.fallbacks:
         log.info(
             "sweep: %d stale sends marked unknown, %d expired, %d re-enqueued, %d fallbacks queued",
