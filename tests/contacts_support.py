@@ -31,7 +31,7 @@ class RefusingMailbox:
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address.casefold() in self.refuse:
             self.refused.append(address)
-            return "550 5.1.1 <{}>: Recipient address rejected: User unknown".format(address)
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
