@@ -79,8 +79,10 @@ def sms_sent(rt: Runtime) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def fallback_campaign(tmp_path: Path, campaign_id: str, *, fallback: bool = True, sms_max: int | None = None) -> Path:
-    path = write_campaign(tmp_path, campaign_id)
+def fallback_campaign(
+    tmp_path: Path, campaign_id: str, *, fallback: bool = True, sms_max: int | None = None, prefer: str = "email"
+) -> Path:
+    path = write_campaign(tmp_path, campaign_id, prefer=prefer)
     text = path.read_text(encoding="utf-8")
     if sms_max is not None:
         text = text.replace("sms_max_chars = 134", f"sms_max_chars = {sms_max}")

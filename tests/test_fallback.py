@@ -140,3 +140,28 @@ def test_a_hard_bounce_falls_back_once_and_the_sms_failing_too_does_not_bounce_b
     rt.ledger.move(d.id, Status.FAILED, actor="test", values={"fallback_due_at": clock.now()})
     assert fall_back(rt, d.id, queued.extend) == "not owed"
     assert len(moto.sent_sms()) == 1
+
+
+def test_an_sms_that_fails_for_good_falls_back_to_one_email(srt, smtp: SmtpServer, tmp_path) -> None:
+    # Given an SMS-first fallback campaign whose SMS went through End User Messaging
+    campaign = fallback_campaign(tmp_path, "smsfirst", prefer="sms")
+    ids = enqueue(srt, campaign, [row("P", email="p@example.jp", phone="090-2222-3333")])
+    srt.ledger.claim(ids["P"])
+    srt.ledger.move(
+        ids["P"], Status.SENT, actor="worker", values={"provider": "sms-voice-v2", "provider_message_id": "sms-mid-1"}
+    )
+    sent = srt.ledger.get(ids["P"])
+    assert sent.channel is Channel.SMS
+    # When the carrier reports it unreachable (a permanent SMS failure)
+    applied = receive(srt.ledger, parse_record(json.loads(event_json("sms_text_carrier_unreachable", sent)))[0])
+    assert applied.outcome == "moved:failed"
+    # Then the sweep queues it once by e-mail, and exactly one e-mail goes
+    queued: list[int] = []
+    assert sweep(srt, queued.extend).fallbacks == 1
+    for delivery_id in queued * 2:
+        deliver(srt, delivery_id)
+    assert sweep(srt, queued.extend).fallbacks == 0
+    assert smtp.mailbox.to("p@example.jp") == 1
+    now = srt.ledger.get(ids["P"])
+    assert now.channel is Channel.EMAIL and now.status is Status.SENT and now.first_status == "failed"
+    assert srt.ledger.counts("smsfirst") == {("email", "sent"): 1}
