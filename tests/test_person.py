@@ -274,3 +274,31 @@ def test_rows_written_before_the_column_existed_are_found_by_their_fields(desk: 
     # Then the person is still found
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["user_id"] == "U1"
+
+
+def test_a_fallback_shows_the_first_channels_evidence(desk: Desk) -> None:
+    # Given U5's e-mail bounced and the delivery fell back to their phone (as the fallback actor leaves it)
+    with desk.ledger.write() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.campaign_id == CAMPAIGN, deliveries.c.user_id == "U5")
+            .values(
+                channel="sms",
+                contact="+818022223333",
+                first_channel="email",
+                first_status="bounced",
+                first_provider_message_id="ses-bounced-1",
+                fallback_at=datetime(2023, 4, 5, 1, 0, tzinfo=UTC),
+            )
+        )
+    found = person(desk, CAMPAIGN, "--contact", "080-2222-3333", "--json")
+    assert found.returncode == 0, found.stderr
+    data = json.loads(found.stdout)
+    assert data["channel"] == "sms" and data["contact"] == "080-****-3333"
+    assert data["fallback"] == {
+        "first_channel": "email",
+        "first_status": "bounced",
+        "first_provider_message_id": "ses-bounced-1",
+        "at": "2023-04-05T10:00:00+09:00",
+    }
+    assert json.loads(person(desk, CAMPAIGN, "--user", "U1", "--json").stdout)["fallback"] is None

@@ -62,6 +62,9 @@ def facts(view: PersonView) -> Table:
         (_("redeemed"), jst(view.redeemed_at) or _("not yet")),
         (_("reminders"), str(len(view.reminders)) if view.reminders else _("none")),
     ]
+    if view.fallback is not None:
+        first = f"{view.fallback.first_channel}: {view.fallback.first_status}"
+        rows.append((_("fell back"), f"{jst(view.fallback.at)} ({_('first')} {first})"))
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     return table

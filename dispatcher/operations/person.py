@@ -69,6 +69,14 @@ class ReminderView:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    first_channel: str | None
+    first_status: str | None
+    first_provider_message_id: str | None
+    at: datetime | None
+
+
+@dataclass(frozen=True)
 class PersonView:
     campaign_id: str
     user_id: str
@@ -88,6 +96,8 @@ class PersonView:
     redeemed_at: datetime | None
     history: list[Step]
     reminders: list[ReminderView] = field(default_factory=list)
+    #: After an automatic fallback: the first channel's evidence and when the other channel took over.
+    fallback: Fallback | None = None
 
 
 def normalise_contact(raw: str) -> tuple[Channel, str]:
@@ -176,6 +186,9 @@ def person_view(ledger: Ledger, d: Delivery) -> PersonView:
         redeemed_at=ledger.person_redeemed_at(d.campaign_id, d.user_id),
         history=_steps(trails[d.id]),
         reminders=[_reminder(ledger, purpose, r, trails[r.id]) for purpose, r in reminders],
+        fallback=None
+        if d.fallback_at is None
+        else Fallback(d.first_channel, d.first_status, d.first_provider_message_id, d.fallback_at),
     )
 
 
@@ -243,6 +256,14 @@ def person_json(view: PersonView) -> dict[str, Any]:
         "flags": view.flags,
         "reason": view.reason,
         "redeemed_at": jst(view.redeemed_at),
+        "fallback": None
+        if view.fallback is None
+        else {
+            "first_channel": view.fallback.first_channel,
+            "first_status": view.fallback.first_status,
+            "first_provider_message_id": view.fallback.first_provider_message_id,
+            "at": jst(view.fallback.at),
+        },
         "history": _steps_json(view.history),
         "reminders": [
             {
