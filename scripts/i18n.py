@@ -50,6 +50,10 @@ def mo_path(lang: str) -> Path:
     return po_path(lang).with_suffix(".mo")
 
 
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def command_help_texts(command: click.Command, path: str = "dispatcher") -> Iterator[tuple[str, str]]:
     """(where, text) for every help text of ``command`` and its subcommands, in the form help looks them up."""
     for where, text in (
@@ -154,14 +158,14 @@ def problems(lang: str, fresh: Catalog) -> list[str]:
             found.append(f"{lang}: no longer used (run scripts/i18n.py): {key!r}")
     mo = mo_path(lang)
     if not mo.exists():
-        found.append(f"{lang}: {mo.relative_to(ROOT)} is missing (run scripts/i18n.py)")
+        found.append(f"{lang}: {_shown(mo)} is missing (run scripts/i18n.py)")
     else:
         with mo.open("rb") as f:
             shipped = gettext.GNUTranslations(f)
         with io.BytesIO(mo_bytes(po)) as f:
             compiled = gettext.GNUTranslations(f)
         if shipped._catalog != compiled._catalog:  # type: ignore[attr-defined]
-            found.append(f"{lang}: {mo.relative_to(ROOT)} does not match the .po (run scripts/i18n.py)")
+            found.append(f"{lang}: {_shown(mo)} does not match the .po (run scripts/i18n.py)")
     return found
 
 
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         po_path(lang).write_bytes(po_bytes(catalog))
         mo_path(lang).write_bytes(mo_bytes(load_po(lang)))
         todo = [line for line in problems(lang, fresh) if "untranslated" in line or "missing" in line]
-        print(f"{lang}: {len(catalog)} messages, {len(todo)} to translate in {po_path(lang).relative_to(ROOT)}")
+        print(f"{lang}: {len(catalog)} messages, {len(todo)} to translate in {_shown(po_path(lang))}")
         for line in todo:
             print(f"  {line}")
     return 0

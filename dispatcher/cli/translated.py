@@ -13,7 +13,7 @@ from typing import Self
 
 import click
 
-from dispatcher.core.i18n import _, language, translate_click
+from dispatcher.core.i18n import N_, _, language, translate_click
 
 translate_click()
 
@@ -46,9 +46,15 @@ class TranslatedHelp(click.Command):
         shown.showing_help = True
         return shown
 
-    #: True on the copy that formats help: its ``--help`` option (made once by click, and cached, in the
-    #: language of the first call) is shown translated too.
+    #: True on the copy that formats help, so that its ``--help`` option is shown translated too.
     showing_help = False
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            # click makes it once, in the language of that moment: keep the English key, translate when shown.
+            option.help = N_("Show this message and exit.")
+        return option
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         params = super().get_params(ctx)
