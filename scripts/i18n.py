@@ -73,23 +73,37 @@ def command_help_texts(command: click.Command, path: str = "dispatcher") -> Iter
 
 
 def hidden_in_fstrings(folder: Path = PACKAGE) -> list[str]:
-    """``_("…")`` written inside an f-string: the extractor cannot see it, so it would never be translated."""
+    """Messages the extractor cannot see, so they would never be translated: ``_("…")`` written inside an
+    f-string, and ``_()`` of a text built before the lookup (``_(f"…")``, ``_("…".format(…))``, ``_("…" % x)``)."""
     found = []
     for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text("utf-8"))):
-            if not isinstance(node, ast.JoinedStr):
-                continue
-            for inner in ast.walk(node):
-                if (
-                    isinstance(inner, ast.Call)
-                    and isinstance(inner.func, ast.Name)
-                    and inner.func.id in KEYWORDS
-                    and inner.args
-                    and isinstance(inner.args[0], ast.Constant)
-                ):
-                    where = f"{path.relative_to(ROOT)}:{inner.lineno}"
-                    found.append(f"{where}: {inner.func.id}({inner.args[0].value!r}) inside an f-string: move it out")
+            calls = [node] if isinstance(node, ast.Call) else []
+            if isinstance(node, ast.JoinedStr):
+                calls = [c for c in ast.walk(node) if isinstance(c, ast.Call)]
+            for call in calls:
+                if not (isinstance(call.func, ast.Name) and call.func.id in KEYWORDS and call.args):
+                    continue
+                where, first = f"{_shown(path)}:{call.lineno}", call.args[0]
+                if isinstance(node, ast.JoinedStr) and isinstance(first, ast.Constant):
+                    found.append(f"{where}: {call.func.id}({first.value!r}) inside an f-string: move it out")
+                elif _built(first):
+                    found.append(
+                        f"{where}: {call.func.id}() of a text built before the lookup: "
+                        'write _("… {name} …").format(name=…)'
+                    )
     return found
+
+
+def _built(node: ast.expr) -> bool:
+    """A text made from a literal before the lookup: f"…", "…" % x, "…" + x, "…".format(…)."""
+    if isinstance(node, ast.JoinedStr):
+        return True
+    if isinstance(node, ast.BinOp):
+        return isinstance(node.left, (ast.Constant, ast.JoinedStr))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return isinstance(node.func.value, (ast.Constant, ast.JoinedStr))
+    return False
 
 
 def template() -> Catalog:
@@ -134,6 +148,8 @@ def update(lang: str, fresh: Catalog) -> Catalog:
     catalog.update(fresh, no_fuzzy_matching=True, update_header_comment=False)
     catalog.creation_date = created  # the header changes only when the messages do
     catalog.fuzzy = False
+    catalog.project, catalog.version = "dispatcher", ""
+    catalog.msgid_bugs_address = catalog.last_translator = catalog.language_team = "the dispatcher maintainers"
     return catalog
 
 

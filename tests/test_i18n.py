@@ -128,14 +128,24 @@ def test_the_checker_finds_untranslated_fuzzy_and_stale_files(tmp_path: Path, mo
     assert "does not match the .po" in found
 
 
-def test_the_checker_finds_a_message_hidden_in_an_f_string(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a module that wraps a message in _() inside an f-string (the extractor cannot see it there)
+def test_the_checker_finds_messages_the_extractor_cannot_see(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a module with messages the extractor can and cannot see
     script = load_script()
     monkeypatch.setattr(script, "ROOT", tmp_path)
-    (tmp_path / "mod.py").write_text('x = f"[red]{_(\'hidden\')}[/]"\ny = _("seen")\n', "utf-8")
-    # Then the checker names it, and only it
+    source = [
+        "x = f\"[red]{_('hidden')}[/]\"",
+        'y = _("seen {n}").format(n=1)',
+        "z = _(f'built {y}')",
+        'w = _("built {n}".format(n=1))',
+        "v = _(name)",
+    ]
+    (tmp_path / "mod.py").write_text("\n".join(source) + "\n", "utf-8")
+    # Then the checker names the three the extractor misses, and only them
     found = script.hidden_in_fstrings(tmp_path)
-    assert len(found) == 1 and "mod.py:1: _('hidden')" in found[0]
+    assert len(found) == 3, found
+    assert "mod.py:1: _('hidden') inside an f-string" in found[0]
+    assert "mod.py:3: _() of a text built before the lookup" in found[1]
+    assert "mod.py:4: _() of a text built before the lookup" in found[2]
 
 
 def test_every_click_module_looks_its_texts_up_in_our_catalogue() -> None:
