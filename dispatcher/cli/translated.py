@@ -80,3 +80,12 @@ class TranslatedCommand(TranslatedHelp):
 class TranslatedGroup(TranslatedHelp, click.Group):
     command_class = TranslatedCommand
     group_class = type  # groups made on a group are of its class
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        # A command made with plain ``@click.command()`` and added here is given our class too, so its help is
+        # translated like the others: the classes add no state, only how help is formatted.
+        if type(cmd) is click.Command:
+            cmd.__class__ = TranslatedCommand
+        elif type(cmd) is click.Group:
+            cmd.__class__ = TranslatedGroup
+        super().add_command(cmd, name)
