@@ -42,7 +42,14 @@ from dispatcher.core.settings import Settings
     help="Where to write rejected rows (default: beside the input, *.rejects.csv).",
 )
 @click.option("--dry-run", is_flag=True, help="Validate and report; write nothing to the ledger, send nothing.")
-def enqueue(campaign_file: Path, recipients_csv: Path, rejects_path: Path | None, dry_run: bool) -> None:
+@click.option(
+    "--update-contacts",
+    is_flag=True,
+    help="The CSV is a corrections list: known people get their new e-mail/phone (see README).",
+)
+def enqueue(
+    campaign_file: Path, recipients_csv: Path, rejects_path: Path | None, dry_run: bool, update_contacts: bool
+) -> None:
     """Validate RECIPIENTS_CSV and add its people to the campaign in CAMPAIGN_FILE."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
@@ -51,6 +58,13 @@ def enqueue(campaign_file: Path, recipients_csv: Path, rejects_path: Path | None
     settings = settings_or_exit()
     if not recipients_csv.is_file():
         fail(_("recipient list not found: {path}").format(path=recipients_csv))
+    if update_contacts:
+        from dispatcher.cli.contacts import corrections
+
+        if dry_run:
+            fail(_("--update-contacts has no --dry-run (use `dispatcher person` to look people up)"))
+        corrections(settings, campaign_file, recipients_csv, rejects_path)
+        return
     try:
         with redis_available(settings) if not dry_run else _nothing(settings) as live:
             if not dry_run:

@@ -199,11 +199,37 @@ def suppression_remove(contact: str) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be resent; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def resend(campaign_id: str, statuses: str, channel: str | None, via: str | None, dry_run: bool, yes: bool) -> None:
-    """Queue failed deliveries again (optionally via the other channel)."""
+@click.option("--user", "user_id", help="Only this person (by user_id), from any state but complained.")
+@click.option("--email", help="With --user: send to this corrected e-mail address.")
+@click.option("--phone", help="With --user: send by SMS to this corrected mobile number.")
+@click.option("--reason", help="With --user: why (required; kept in the audit trail).")
+def resend(
+    campaign_id: str,
+    statuses: str,
+    channel: str | None,
+    via: str | None,
+    dry_run: bool,
+    yes: bool,
+    user_id: str | None,
+    email: str | None,
+    phone: str | None,
+    reason: str | None,
+) -> None:
+    """Queue failed deliveries again (optionally via the other channel), or one person with --user."""
     from dispatcher.core.states import Channel, Status
     from dispatcher.operations import control as operations
 
+    if user_id is not None:
+        from dispatcher.cli.contacts import resend_one
+
+        if channel or via or statuses != "failed,expired":
+            fail(_("--user resends one person: --status, --channel and --via do not apply (use --email/--phone)"))
+        resend_one(
+            settings_or_exit(), campaign_id, user_id, email=email, phone=phone, reason=reason, dry_run=dry_run, yes=yes
+        )
+        return
+    if email or phone or reason:
+        fail(_("--email, --phone and --reason go with --user"))
     try:
         wanted = [Status(s.strip()) for s in statuses.split(",") if s.strip()]
     except ValueError as exc:

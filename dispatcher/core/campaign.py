@@ -59,6 +59,9 @@ class Campaign:
     #: Free-form values handed to templates (call centre, organiser, category texts...).
     text: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    #: Second wave: a hard-bounced or permanently failed delivery whose row has the other contact is queued
+    #: once on the other channel (actor ``fallback``), before send-by.
+    fallback: bool = False
 
     def channel_for(self, has_email: bool, has_phone: bool) -> Channel:
         if has_email and has_phone:
@@ -94,7 +97,7 @@ def parse_campaign(data: dict[str, Any], where: str = "campaign", source: Path |
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-    known = set(REQUIRED) | {"prefer", "sms_max_chars", "sms_window", "text"}
+    known = set(REQUIRED) | {"prefer", "sms_max_chars", "sms_window", "text", "fallback"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
@@ -121,6 +124,9 @@ def parse_campaign(data: dict[str, Any], where: str = "campaign", source: Path |
     if not isinstance(text, dict):
         raise ConfigError(f"{where}: 'text' must be a table")
     window = _window(data["sms_window"], where) if "sms_window" in data else SmsWindow(time(9), 1200)
+    fallback = data.get("fallback", False)
+    if not isinstance(fallback, bool):
+        raise ConfigError(f"{where}: 'fallback' must be true or false")
     return Campaign(
         id=data["id"].strip(),
         name=str(data["name"]),
@@ -133,6 +139,7 @@ def parse_campaign(data: dict[str, Any], where: str = "campaign", source: Path |
         sms_window=window,
         text=text,
         source=source,
+        fallback=fallback,
     )
 
 
@@ -166,4 +173,5 @@ def campaign_to_dict(c: Campaign) -> dict[str, Any]:
             else f"{c.sms_window.end_minutes // 60:02d}:{c.sms_window.end_minutes % 60:02d}",
         ],
         "text": c.text,
+        "fallback": c.fallback,
     }

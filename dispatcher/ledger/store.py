@@ -11,13 +11,13 @@ from .campaigns import CampaignLedger
 from .counters import COUNT_SHARDS
 from .events import EventLedger
 from .imports import ImportLedger
-from .moves import MoveLedger
 from .new_deliveries import NewDeliveryLedger, _json_dumps
+from .readdress import ReaddressLedger
 from .records import CampaignRecord, Delivery
 from .suppression import SuppressionLedger
 
 __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"]
 
 
-class Ledger(CampaignLedger, NewDeliveryLedger, MoveLedger, ImportLedger, SuppressionLedger, EventLedger):
+class Ledger(CampaignLedger, NewDeliveryLedger, ReaddressLedger, ImportLedger, SuppressionLedger, EventLedger):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""

@@ -30,6 +30,7 @@ from dispatcher.core.errors import (
 from dispatcher.core.privacy import mask_contact, redact, safe_code, scrub
 from dispatcher.core.states import CLAIMABLE, Channel, Status
 from dispatcher.feedback.apply import PendingLimits, apply_pending
+from dispatcher.ledger.readdress import fallback_owed
 from dispatcher.ledger.store import CampaignRecord, Delivery
 from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
 from dispatcher.runtime import Runtime
@@ -326,7 +327,9 @@ def send_claimed(
             rt, delivery, provider.name, exc, Status.UNKNOWN, f"{who}: outcome unknown, will not resend by itself"
         )
     except PermanentError as exc:
-        outcome = _settle(rt, delivery, provider.name, exc, Status.FAILED, f"{who}: refused for good")
+        # A fallback is owed (if the campaign has one) in the same transaction as the failure.
+        owed: dict[str, object] | None = {"fallback_due_at": clock.now()} if fallback_owed(delivery) else None
+        outcome = _settle(rt, delivery, provider.name, exc, Status.FAILED, f"{who}: refused for good", owed)
         rt.breaker.record_failure(delivery.campaign_id)
         return outcome
     except ProviderError as exc:
@@ -370,7 +373,15 @@ def _kept(exc: ProviderError, delivery: Delivery) -> tuple[str, str]:
     return scrub(str(exc), secrets), safe_code(exc.code, secrets) or ""
 
 
-def _settle(rt: Runtime, delivery: Delivery, provider: str, exc: ProviderError, to: Status, what: str) -> Outcome:
+def _settle(
+    rt: Runtime,
+    delivery: Delivery,
+    provider: str,
+    exc: ProviderError,
+    to: Status,
+    what: str,
+    extra: dict[str, object] | None = None,
+) -> Outcome:
     """Record a send that ended for good (``failed``) or without an answer (``unknown``), with only what may
     be kept of the provider's reply."""
     reason, code = _kept(exc, delivery)
@@ -381,7 +392,7 @@ def _settle(rt: Runtime, delivery: Delivery, provider: str, exc: ProviderError, 
         actor="worker",
         detail=reason,
         provider_code=code,
-        values={"provider": provider, "reason": reason},
+        values={"provider": provider, "reason": reason, **(extra or {})},
     )
     return Outcome(to)
 

@@ -4,7 +4,8 @@
   (never resent by itself: the provider may have it);
 - ``queued``/``retrying`` deliveries of a campaign past its send-by become ``expired``;
 - ``queued``/``retrying`` deliveries whose time has come are handed to the broker again. The atomic
-  claim makes a duplicate message harmless, so re-sending a message is always safe.
+  claim makes a duplicate message harmless, so re-sending a message is always safe;
+- fallbacks owed (a hard bounce or permanent failure in a ``fallback = true`` campaign) are decided.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import timedelta
 from dispatcher.core import clock
 from dispatcher.core.states import Status
 from dispatcher.runtime import Runtime
+from dispatcher.sending.fallback import fall_back_due
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class SweepResult:
     unknown: int = 0
     expired: int = 0
     redispatched: int = 0
+    fallbacks: int = 0
 
 
 def sweep(
@@ -62,11 +65,13 @@ def sweep(
         ledger.mark_dispatched(ids, now)
         result.redispatched += len(ids)
         after = ids[-1]
-    if result.unknown or result.redispatched or result.expired:
+    result.fallbacks = fall_back_due(rt, dispatch)  # each one queued is handed to the broker here
+    if result.unknown or result.redispatched or result.expired or result.fallbacks:
         log.info(
-            "sweep: %d stale sends marked unknown, %d expired, %d re-enqueued",
+            "sweep: %d stale sends marked unknown, %d expired, %d re-enqueued, %d fallbacks queued",
             result.unknown,
             result.expired,
             result.redispatched,
+            result.fallbacks,
         )
     return result
