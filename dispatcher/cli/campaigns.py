@@ -26,6 +26,7 @@ from dispatcher.cli.common import (
 )
 from dispatcher.core import clock
 from dispatcher.core.errors import ConfigError, InputError
+from dispatcher.core.i18n import _
 from dispatcher.core.settings import Settings
 
 
@@ -159,7 +160,11 @@ def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
     else:
-        table = Table(title=f"plan for {campaign_id} (send_by {record.campaign.send_by.isoformat()})")
+        send_from = record.campaign.send_from
+        table = Table(
+            title=f"plan for {campaign_id} (send_by {record.campaign.send_by.isoformat()})"
+            + (_(" (send_from {at})").format(at=send_from.isoformat()) if send_from else "")
+        )
         for column in ("channel", "remaining", "units", "rate/s", "quota/day", "finish", "note"):
             table.add_column(column)
         for c in result.channels:
@@ -173,6 +178,9 @@ def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
                 c.note,
             )
         out.print(table)
+        if result.starts > result.now:
+            at = result.starts.astimezone(clock.JST).strftime("%Y-%m-%d %H:%M JST")
+            out.print(_("held until send_from {at}: nothing leaves before it; the finish counts from it").format(at=at))
         if result.will_finish:
             out.print("[green]can finish before send_by[/]")
         else:

@@ -15,6 +15,7 @@ from typing import Any
 from dispatcher.core import clock
 from dispatcher.core.campaign import Campaign, load_campaign
 from dispatcher.core.errors import ConfigError, InputError
+from dispatcher.core.i18n import _
 from dispatcher.core.settings import Settings
 from dispatcher.operations.plan import make_plan
 from dispatcher.sending.render import Renderer, load_template_sources
@@ -147,7 +148,21 @@ def campaign_findings(campaign: Campaign) -> list[Finding]:
                 f"{(campaign.send_by - now).total_seconds() / 3600:,.1f} hours left until send_by",
             )
         )
+    if campaign.send_from is not None:
+        findings.append(send_from_finding(campaign, now))
     return findings
+
+
+def send_from_finding(campaign: Campaign, now: Any) -> Finding:
+    assert campaign.send_from is not None
+    if campaign.send_from > now:
+        hours = (campaign.send_from - now).total_seconds() / 3600
+        reason = _("sending starts at send_from {at} ({hours} hours from now); lists enqueued before wait").format(
+            at=_jst(campaign.send_from), hours=f"{hours:,.1f}"
+        )
+    else:
+        reason = _("send_from {at} has passed: what is enqueued leaves at once").format(at=_jst(campaign.send_from))
+    return Finding("send_from", Level.PASS, reason)
 
 
 def recipients_findings(campaign: Campaign, recipients: Path, settings: Settings) -> tuple[list[Finding], Any]:

@@ -34,6 +34,13 @@ class Plan:
     now: datetime
     send_by: datetime
     channels: list[ChannelPlan]
+    #: The campaign's scheduled start (None: none set).
+    send_from: datetime | None = None
+
+    @property
+    def starts(self) -> datetime:
+        """When sending starts: now, or the campaign's send_from while it is ahead."""
+        return max(self.now, self.send_from) if self.send_from is not None else self.now
 
     @property
     def finish(self) -> datetime | None:
@@ -49,6 +56,8 @@ class Plan:
             "campaign": self.campaign_id,
             "now": self.now.isoformat(),
             "send_by": self.send_by.isoformat(),
+            "send_from": self.send_from.isoformat() if self.send_from else None,
+            "starts": self.starts.isoformat(),
             "finish": self.finish.isoformat() if self.finish else None,
             "will_finish": self.will_finish,
             "channels": [
@@ -100,6 +109,8 @@ def finish_time(
 
 
 def make_plan(campaign: Campaign, pending: dict[str, tuple[int, int]], settings: Settings, now: datetime) -> Plan:
+    """The finish estimate counts from ``max(now, send_from)``: nothing leaves before the scheduled start."""
+    start = max(now, campaign.send_from) if campaign.send_from is not None else now
     channels = []
     for channel in ("email", "sms"):
         count, parts = pending.get(channel, (0, 0))
@@ -115,8 +126,10 @@ def make_plan(campaign: Campaign, pending: dict[str, tuple[int, int]], settings:
         if count == 0:
             channels.append(ChannelPlan(channel, 0, 0, rate, quota, None, "nothing left to send"))
             continue
-        finish = finish_time(units, rate, quota, now, window)
+        finish = finish_time(units, rate, quota, start, window)
         notes = []
+        if start > now:
+            notes.append(f"held until send_from {start.astimezone(JST):%Y-%m-%d %H:%M} JST")
         if rate is None:
             notes.append("no rate cap set: as fast as the workers go")
         if channel == "sms" and window is not None and not window.always:
@@ -124,7 +137,7 @@ def make_plan(campaign: Campaign, pending: dict[str, tuple[int, int]], settings:
         if quota is not None and units > quota:
             notes.append(f"needs {math.ceil(units / quota)} days of the {quota:,}/day quota")
         channels.append(ChannelPlan(channel, count, units, rate, quota, finish, "; ".join(notes)))
-    return Plan(campaign.id, now, campaign.send_by, channels)
+    return Plan(campaign.id, now, campaign.send_by, channels, campaign.send_from)
 
 
 def _fmt_window(window: SmsWindow) -> str:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from urllib.parse import quote
 
 from dispatcher.core import clock, sms
+from dispatcher.core.campaign import Campaign
 from dispatcher.core.errors import (
     AmbiguousOutcome,
     ConfigError,
@@ -157,6 +158,8 @@ def _deliver(
         return Outcome(Status.EXPIRED)
     if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
         return Outcome(delivery.status, again_at=delivery.not_before)
+    if _held_for_send_from(rt, delivery, campaign, now):
+        return Outcome(delivery.status)  # the sweep hands it over when send_from comes
     if delivery.channel is Channel.SMS and not campaign.sms_window.contains(now):
         low, high = rt.settings.sms_window_spread
         # Spread the start over the first minutes rather than a burst exactly on the hour.
@@ -192,6 +195,15 @@ def _deliver(
     except Exception as exc:
         return _not_built(rt, claimed, exc)
     return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot, after=after)
+
+
+def _held_for_send_from(rt: Runtime, delivery: Delivery, campaign: Campaign, now: datetime) -> bool:
+    """Nothing leaves before the campaign's ``send_from``: a message that comes early (a resend, a duplicate,
+    a list enqueued before it) puts the delivery back in the ledger unclaimed, with no broker message."""
+    if campaign.send_from is None or now >= campaign.send_from:
+        return False
+    rt.ledger.hold([delivery.id], campaign.send_from)
+    return True
 
 
 def _not_built(rt: Runtime, delivery: Delivery, exc: Exception) -> Outcome:

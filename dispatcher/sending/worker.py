@@ -14,11 +14,17 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import redis
 
 from dispatcher import broker as _broker
+from dispatcher.core import clock
 from dispatcher.core.settings import Settings
+
+if TYPE_CHECKING:
+    from dispatcher.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +42,20 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
     every = settings.sweep_interval_seconds
     first = True
     while not stop.is_set():
+        start = None
         if not first:
-            crashed.wait(every)
+            start = _next_start(rt, every)
+            crashed.wait(every if start is None else _until(start))
         first = False  # the first sweep runs at start: work left from before this worker is found at once
         if stop.is_set():
             break
         try:
+            if start is not None and not crashed.is_set() and clock.now() >= start:
+                # A campaign's send_from has come: its held work goes to the broker now, not at the next
+                # periodic sweep. One sweeper across every host does it (the key names this send_from).
+                if client.set(_broker.keys.send_from_sweep(start.isoformat()), os.getpid(), nx=True, px=600_000):
+                    sweep(rt, dispatch_ids, everything=False, queue_empty=_broker.queue_depth(broker) == 0)
+                continue
             if crashed.is_set():
                 # Sweep at once, but hand over only what the broker cannot still hold: re-enqueueing every due
                 # delivery after each crash put one more copy of all remaining work into Redis per crash
@@ -57,6 +71,26 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
         except Exception:
             log.exception("periodic sweep failed; will try again")
     rt.close()
+
+
+#: Wake this long after a send_from, so that the held work is due by the ledger's clock when it is read.
+SEND_FROM_MARGIN = 0.2
+
+
+def _next_start(rt: Runtime, every: float) -> datetime | None:
+    """The earliest campaign ``send_from`` before the next periodic sweep, if any (the sweeper wakes then)."""
+    try:
+        start = rt.ledger.next_send_from(clock.now())
+    except Exception:
+        log.exception("could not read the campaigns' send_from; sweeping at the usual interval")
+        return None
+    if start is None or (start - clock.now()).total_seconds() > every:
+        return None
+    return start
+
+
+def _until(start: datetime) -> float:
+    return max(0.0, (start - clock.now()).total_seconds()) + SEND_FROM_MARGIN
 
 
 def run_workers(settings: Settings, *, processes: int, threads: int) -> int:
