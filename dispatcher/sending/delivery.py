@@ -156,10 +156,10 @@ def _deliver(
     if now >= campaign.send_by:
         ledger.move(delivery_id, Status.EXPIRED, actor="worker", detail="send_by passed before sending")
         return Outcome(Status.EXPIRED)
-    if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
-        return Outcome(delivery.status, again_at=delivery.not_before)
     if _held_for_send_from(rt, delivery, campaign, now):
         return Outcome(delivery.status)  # the sweep hands it over when send_from comes
+    if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
+        return Outcome(delivery.status, again_at=delivery.not_before)
     if delivery.channel is Channel.SMS and not campaign.sms_window.contains(now):
         low, high = rt.settings.sms_window_spread
         # Spread the start over the first minutes rather than a burst exactly on the hour.

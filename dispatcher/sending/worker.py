@@ -42,15 +42,12 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
     every = settings.sweep_interval_seconds
     first = True
     while not stop.is_set():
-        start = None
-        if not first:
-            start = _next_start(rt, every)
-            crashed.wait(every if start is None else _until(start))
+        start = None if first else _wait(rt, every, crashed)
         first = False  # the first sweep runs at start: work left from before this worker is found at once
         if stop.is_set():
             break
         try:
-            if start is not None and not crashed.is_set() and clock.now() >= start:
+            if start is not None and not crashed.is_set():
                 # A campaign's send_from has come: its held work goes to the broker now, not at the next
                 # periodic sweep. One sweeper across every host does it (the key names this send_from).
                 if client.set(_broker.keys.send_from_sweep(start.isoformat()), os.getpid(), nx=True, px=600_000):
@@ -75,22 +72,37 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
 
 #: Wake this long after a send_from, so that the held work is due by the ledger's clock when it is read.
 SEND_FROM_MARGIN = 0.2
+#: While waiting for the next periodic sweep, look this often for a send_from coming sooner (a campaign
+#: enqueued meanwhile): one small read of the campaigns table.
+SEND_FROM_LOOK = 5.0
 
 
-def _next_start(rt: Runtime, every: float) -> datetime | None:
-    """The earliest campaign ``send_from`` before the next periodic sweep, if any (the sweeper wakes then)."""
+def _wait(rt: Runtime, every: float, crashed: threading.Event) -> datetime | None:
+    """Wait for the next sweep: ``every`` seconds, or less when a campaign's ``send_from`` comes first.
+    Returns that ``send_from`` when it is what ended the wait, else None."""
+    until = time.monotonic() + every
+    while (left := until - time.monotonic()) > 0:
+        start = _next_start(rt, left)
+        step = min(left, SEND_FROM_LOOK)
+        if start is not None:
+            step = min(step, max(0.0, (start - clock.now()).total_seconds()) + SEND_FROM_MARGIN)
+        if crashed.wait(step):
+            return None
+        if start is not None and clock.now() >= start:
+            return start
+    return None
+
+
+def _next_start(rt: Runtime, horizon: float) -> datetime | None:
+    """The earliest campaign ``send_from`` within ``horizon`` seconds, if any."""
     try:
         start = rt.ledger.next_send_from(clock.now())
     except Exception:
         log.exception("could not read the campaigns' send_from; sweeping at the usual interval")
         return None
-    if start is None or (start - clock.now()).total_seconds() > every:
+    if start is None or (start - clock.now()).total_seconds() > horizon:
         return None
     return start
-
-
-def _until(start: datetime) -> float:
-    return max(0.0, (start - clock.now()).total_seconds()) + SEND_FROM_MARGIN
 
 
 def run_workers(settings: Settings, *, processes: int, threads: int) -> int:
