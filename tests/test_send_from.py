@@ -381,3 +381,35 @@ def test_the_dashboard_shows_send_from_and_each_days_list(
     assert "送信開始" in page and "2023-05-08 09:00" in page
     assert "web-2023-05-02.csv" in page
     rt.close()
+
+
+def test_a_large_list_written_by_its_own_process_is_held_too(
+    tmp_path: Path, redis_url: str, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatcher.intake import enqueue
+    from dispatcher.intake.writer_process import ProcessWriter
+
+    used: list[str] = []
+
+    class Recorded(ProcessWriter):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            used.append("process")
+            super().__init__(*args, **kwargs)
+
+    # Given every file counts as large (the writes go to a process of their own), in batches of 40
+    monkeypatch.setattr(enqueue, "PROCESS_WRITER_MIN_BYTES", 0)
+    monkeypatch.setattr(enqueue, "ProcessWriter", Recorded)
+    monkeypatch.setattr(enqueue, "BATCH", 40)
+    path = campaign_file(tmp_path, "big", "2099-05-01T09:00:00+09:00")
+    recipients = write_csv(tmp_path / "list.csv", person_rows(100))
+    # When the list is enqueued before send_from
+    result = enqueue_campaign(path, recipients, settings=load_settings())
+    # Then nothing is on the broker and every delivery waits in the ledger for send_from
+    assert used == ["process"] and result.new == 100
+    assert broker.queue_depth(broker.install(redis_url)) == 0
+    ledger = Ledger(ledger_url)
+    try:
+        held = {d.not_before for d in ledger.iter_campaign("big")}
+        assert held == {datetime(2099, 5, 1, 9, 0, tzinfo=TZ9)}
+    finally:
+        ledger.dispose()
