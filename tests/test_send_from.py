@@ -413,3 +413,32 @@ def test_a_large_list_written_by_its_own_process_is_held_too(
         assert held == {datetime(2099, 5, 1, 9, 0, tzinfo=TZ9)}
     finally:
         ledger.dispose()
+
+
+def test_at_send_from_the_release_hands_over_held_work_even_if_marked_dispatched(
+    tmp_path: Path, make_runtime: MakeRuntime, proxy: FaultProxy
+) -> None:
+    from dispatcher.sending.sweep import release
+
+    # Given two campaigns held for different times, and one delivery whose early message was put back
+    # after its sender (say an operator's resend) had stamped it dispatched
+    rt = make_runtime()
+    clock.start_at(jst(2023, 5, 2, 10, 0))
+    web = _enqueue(rt, campaign_file(tmp_path, "web", "2023-05-08T09:00:00+09:00"), person_rows(3), [])
+    later = _enqueue(rt, campaign_file(tmp_path, "later", "2023-05-09T09:00:00+09:00"), person_rows(2), [])
+    assert rt.ledger.next_send_from(clock.now()) == jst(2023, 5, 8, 9, 0)
+    clock.start_at(jst(2023, 5, 8, 8, 55))
+    rt.ledger.mark_dispatched([web[0]], clock.now())
+
+    # When the first send_from comes
+    clock.start_at(jst(2023, 5, 8, 9, 0, 0, 200_000))
+    periodic: list[int] = []
+    sweep(rt, periodic.extend, everything=False, queue_empty=False)
+    released: list[int] = []
+    assert release(rt, released.extend, jst(2023, 5, 8, 9, 0)) == 3
+    # Then the release hands over all of that campaign, the stamped one too (the periodic sweep would
+    # have left it for its grace period), and nothing of the later campaign
+    assert web[0] not in periodic
+    assert sorted(released) == web
+    assert not set(released) & set(later)
+    assert rt.ledger.next_send_from(clock.now()) == jst(2023, 5, 9, 9, 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from dispatcher.core import clock
 from dispatcher.core.states import CLAIMABLE
@@ -51,13 +51,33 @@ class HoldLedger(BaseLedger):
             )
         return int(result.rowcount)
 
+    def _send_froms(self) -> list[tuple[str, datetime]]:
+        """``(campaign id, send_from)`` of the active campaigns that have one."""
+        with self.read() as conn:
+            rows = conn.execute(select(campaigns.c.id, campaigns.c.definition).where(campaigns.c.state == "active"))
+            found = [(cid, d["send_from"]) for cid, d in rows if d.get("send_from")]
+        return [(cid, datetime.fromisoformat(at)) for cid, at in found]
+
     def next_send_from(self, now: datetime) -> datetime | None:
         """The earliest ``send_from`` still ahead of ``now`` among active campaigns (the sweeper wakes then)."""
+        return min((at for _, at in self._send_froms() if at > now), default=None)
+
+    def starting(self, since: datetime, now: datetime) -> list[str]:
+        """Active campaigns whose ``send_from`` lies in ``(since, now]``: they have just started."""
+        return sorted(cid for cid, at in self._send_froms() if since < at <= now)
+
+    def due_in(self, campaign_ids: Sequence[str], now: datetime, *, after_id: int = 0, limit: int = 5000) -> list[int]:
+        """Claimable deliveries of these campaigns whose time has come, whatever ``dispatched_at`` says."""
+        stmt = (
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.campaign_id.in_(list(campaign_ids)),
+                deliveries.c.status.in_(_CLAIMABLE),
+                or_(deliveries.c.not_before.is_(None), deliveries.c.not_before <= now),
+                deliveries.c.id > after_id,
+            )
+            .order_by(deliveries.c.id)
+            .limit(limit)
+        )
         with self.read() as conn:
-            rows = conn.execute(select(campaigns.c.definition).where(campaigns.c.state == "active")).scalars().all()
-        ahead = [
-            instant
-            for definition in rows
-            if definition.get("send_from") and (instant := datetime.fromisoformat(definition["send_from"])) > now
-        ]
-        return min(ahead, default=None)
+            return list(conn.execute(stmt).scalars())

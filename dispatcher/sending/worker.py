@@ -34,7 +34,7 @@ RESTART_BACKOFF_MAX = 30.0
 def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event) -> None:
     from dispatcher.runtime import Runtime
     from dispatcher.sending.actors import dispatch_ids
-    from dispatcher.sending.sweep import sweep
+    from dispatcher.sending.sweep import release, sweep
 
     rt = Runtime(settings)
     client = redis.Redis.from_url(settings.redis_url or "")
@@ -51,7 +51,7 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
                 # A campaign's send_from has come: its held work goes to the broker now, not at the next
                 # periodic sweep. One sweeper across every host does it (the key names this send_from).
                 if client.set(_broker.keys.send_from_sweep(start.isoformat()), os.getpid(), nx=True, px=600_000):
-                    sweep(rt, dispatch_ids, everything=False, queue_empty=_broker.queue_depth(broker) == 0)
+                    release(rt, dispatch_ids, start)
                 continue
             if crashed.is_set():
                 # Sweep at once, but hand over only what the broker cannot still hold: re-enqueueing every due
