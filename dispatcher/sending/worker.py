@@ -97,8 +97,8 @@ def _next_start(rt: Runtime, horizon: float) -> datetime | None:
     """The earliest campaign ``send_from`` within ``horizon`` seconds, if any."""
     try:
         start = rt.ledger.next_send_from(clock.now())
-    except Exception:
-        log.exception("could not read the campaigns' send_from; sweeping at the usual interval")
+    except Exception as exc:  # the ledger may be restarting: the periodic sweep still runs
+        log.warning("could not read the campaigns' send_from (%s); sweeping at the usual interval", type(exc).__name__)
         return None
     if start is None or (start - clock.now()).total_seconds() > horizon:
         return None
