@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from urllib.parse import quote
 
 from dispatcher.core import clock, sms
-from dispatcher.core.campaign import Campaign
 from dispatcher.core.errors import (
     AmbiguousOutcome,
     ConfigError,
@@ -37,6 +36,7 @@ from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, Prov
 from dispatcher.runtime import Runtime
 from dispatcher.sending.mime import build_raw
 from dispatcher.sending.render import Renderer
+from dispatcher.sending.sweep import held_for_send_from
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,8 @@ def _deliver(
     if now >= campaign.send_by:
         ledger.move(delivery_id, Status.EXPIRED, actor="worker", detail="send_by passed before sending")
         return Outcome(Status.EXPIRED)
-    if _held_for_send_from(rt, delivery, campaign, now):
-        return Outcome(delivery.status)  # the sweep hands it over when send_from comes
+    if held_for_send_from(rt, delivery.id, campaign, now):
+        return Outcome(delivery.status)  # back in the ledger, unclaimed: released when send_from comes
     if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
         return Outcome(delivery.status, again_at=delivery.not_before)
     if delivery.channel is Channel.SMS and not campaign.sms_window.contains(now):
@@ -195,15 +195,6 @@ def _deliver(
     except Exception as exc:
         return _not_built(rt, claimed, exc)
     return send_claimed(rt, claimed, outgoing, campaign.send_by, slot=slot, after=after)
-
-
-def _held_for_send_from(rt: Runtime, delivery: Delivery, campaign: Campaign, now: datetime) -> bool:
-    """Nothing leaves before the campaign's ``send_from``: a message that comes early (a resend, a duplicate,
-    a list enqueued before it) puts the delivery back in the ledger unclaimed, with no broker message."""
-    if campaign.send_from is None or now >= campaign.send_from:
-        return False
-    rt.ledger.hold([delivery.id], campaign.send_from)
-    return True
 
 
 def _not_built(rt: Runtime, delivery: Delivery, exc: Exception) -> Outcome:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dispatcher.core import clock
+from dispatcher.core.campaign import Campaign
 from dispatcher.core.states import Status
 from dispatcher.runtime import Runtime
 from dispatcher.sending.fallback import fall_back_due
@@ -75,6 +76,16 @@ def sweep(
             result.fallbacks,
         )
     return result
+
+
+def held_for_send_from(rt: Runtime, delivery_id: int, campaign: Campaign, now: datetime) -> bool:
+    """The send path's pre-claim check: nothing leaves before the campaign's ``send_from``. A message that
+    comes early (a resend, a duplicate, a list enqueued before it) puts the delivery back in the ledger,
+    unclaimed and with no broker message; :func:`release` hands it over when ``send_from`` comes."""
+    if campaign.send_from is None or now >= campaign.send_from:
+        return False
+    rt.ledger.hold([delivery_id], campaign.send_from)
+    return True
 
 
 def release(rt: Runtime, dispatch: Callable[[list[int]], None], at: datetime) -> int:
