@@ -442,3 +442,36 @@ def test_at_send_from_the_release_hands_over_held_work_even_if_marked_dispatched
     assert sorted(released) == web
     assert not set(released) & set(later)
     assert rt.ledger.next_send_from(clock.now()) == jst(2023, 5, 9, 9, 0)
+
+
+def test_a_one_person_resend_before_send_from_waits_for_it_too(
+    tmp_path: Path, make_runtime: MakeRuntime, proxy: FaultProxy
+) -> None:
+    from dispatcher.operations.person_resend import resend_person
+    from dispatcher.sending.sweep import release
+
+    # Given a held campaign, and an operator who resends one person to a corrected address before send_from
+    rt = make_runtime()
+    clock.start_at(jst(2023, 5, 2, 10, 0))
+    rows = person_rows(2, sms_every=EMAIL_ONLY)
+    ids = _enqueue(rt, campaign_file(tmp_path, "web", "2023-05-08T09:00:00+09:00"), rows, [])
+    clock.start_at(jst(2023, 5, 8, 8, 58))
+    dispatched: list[int] = []
+    resend_person(
+        rt, "web", rows[0]["user_id"], dispatched.extend, reason="address changed", email="new@example.jp", who="t"
+    )
+    assert dispatched == [ids[0]]
+    # When the worker gets that message before send_from
+    assert deliver(rt, ids[0]).status is Status.QUEUED
+    # Then nothing is sent: the delivery waits in the ledger for send_from, on the new address
+    held = rt.ledger.get(ids[0])
+    assert (held.status, held.contact, held.not_before) == (Status.QUEUED, "new@example.jp", jst(2023, 5, 8, 9, 0))
+    assert proxy.attempt_counts() == Counter()
+    # And at send_from it is released with the others and sent once, to the new address only
+    clock.start_at(jst(2023, 5, 8, 9, 0, 1))
+    released: list[int] = []
+    release(rt, released.extend, jst(2023, 5, 8, 9, 0))
+    assert sorted(released) == ids
+    for delivery_id in ids:
+        assert deliver(rt, delivery_id).status is Status.SENT
+    assert proxy.attempt_counts() == Counter({"new@example.jp": 1, contact(rows[1]): 1})
