@@ -168,8 +168,12 @@ def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
     else:
         result = make_plan(record.campaign, ledger.pending_work(campaign_id), settings, clock.now())
+        send_from = record.campaign.send_from
         send_by = record.campaign.send_by.isoformat()
-        table = Table(title=_("plan for {campaign} (send_by {send_by})").format(campaign=campaign_id, send_by=send_by))
+        title = _("plan for {campaign} (send_by {send_by})").format(campaign=campaign_id, send_by=send_by)
+        if send_from:
+            title += _(" (send_from {at})").format(at=send_from.isoformat())
+        table = Table(title=title)
         for column in (_("channel"), _("remaining"), _("units"), _("rate/s"), _("quota/day"), _("finish"), _("note")):
             table.add_column(column)
         for c in result.channels:
@@ -183,6 +187,9 @@ def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
                 c.note,
             )
         out.print(table)
+        if result.starts > result.now:
+            at = result.starts.astimezone(clock.JST).strftime("%Y-%m-%d %H:%M JST")
+            out.print(_("held until send_from {at}: nothing leaves before it; the finish counts from it").format(at=at))
         if result.will_finish:
             verdict = _("can finish before send_by")
             out.print(f"[green]{verdict}[/]")

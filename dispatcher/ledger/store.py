@@ -10,6 +10,7 @@ from __future__ import annotations
 from .campaigns import CampaignLedger
 from .counters import COUNT_SHARDS
 from .events import EventLedger
+from .holds import HoldLedger
 from .imports import ImportLedger
 from .new_deliveries import NewDeliveryLedger, _json_dumps
 from .readdress import ReaddressLedger
@@ -19,5 +20,7 @@ from .suppression import SuppressionLedger
 __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"]
 
 
-class Ledger(CampaignLedger, NewDeliveryLedger, ReaddressLedger, ImportLedger, SuppressionLedger, EventLedger):
+class Ledger(
+    CampaignLedger, NewDeliveryLedger, ReaddressLedger, ImportLedger, SuppressionLedger, EventLedger, HoldLedger
+):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""

@@ -163,7 +163,21 @@ def campaign_findings(campaign: Campaign) -> list[Finding]:
     else:
         hours = f"{(campaign.send_by - now).total_seconds() / 3600:,.1f}"
         findings.append(Finding(N_("send_by"), Level.PASS, _("{hours} hours left until send_by").format(hours=hours)))
+    if campaign.send_from is not None:
+        findings.append(send_from_finding(campaign, now))
     return findings
+
+
+def send_from_finding(campaign: Campaign, now: Any) -> Finding:
+    assert campaign.send_from is not None
+    if campaign.send_from > now:
+        hours = (campaign.send_from - now).total_seconds() / 3600
+        reason = _("sending starts at send_from {at} ({hours} hours from now); lists enqueued before wait").format(
+            at=_jst(campaign.send_from), hours=f"{hours:,.1f}"
+        )
+    else:
+        reason = _("send_from {at} has passed: what is enqueued leaves at once").format(at=_jst(campaign.send_from))
+    return Finding("send_from", Level.PASS, reason)
 
 
 def recipients_findings(campaign: Campaign, recipients: Path, settings: Settings) -> tuple[list[Finding], Any]:

@@ -35,6 +35,13 @@ class Plan:
     now: datetime
     send_by: datetime
     channels: list[ChannelPlan]
+    #: The campaign's scheduled start (None: none set).
+    send_from: datetime | None = None
+
+    @property
+    def starts(self) -> datetime:
+        """When sending starts: now, or the campaign's send_from while it is ahead."""
+        return max(self.now, self.send_from) if self.send_from is not None else self.now
 
     @property
     def finish(self) -> datetime | None:
@@ -50,6 +57,8 @@ class Plan:
             "campaign": self.campaign_id,
             "now": self.now.isoformat(),
             "send_by": self.send_by.isoformat(),
+            "send_from": self.send_from.isoformat() if self.send_from else None,
+            "starts": self.starts.isoformat(),
             "finish": self.finish.isoformat() if self.finish else None,
             "will_finish": self.will_finish,
             "channels": [
@@ -101,6 +110,8 @@ def finish_time(
 
 
 def make_plan(campaign: Campaign, pending: dict[str, tuple[int, int]], settings: Settings, now: datetime) -> Plan:
+    """The finish estimate counts from ``max(now, send_from)``: nothing leaves before the scheduled start."""
+    start = max(now, campaign.send_from) if campaign.send_from is not None else now
     channels = []
     for channel in ("email", "sms"):
         count, parts = pending.get(channel, (0, 0))
@@ -116,8 +127,10 @@ def make_plan(campaign: Campaign, pending: dict[str, tuple[int, int]], settings:
         if count == 0:
             channels.append(ChannelPlan(channel, 0, 0, rate, quota, None, _("nothing left to send")))
             continue
-        finish = finish_time(units, rate, quota, now, window)
+        finish = finish_time(units, rate, quota, start, window)
         notes = []
+        if start > now:
+            notes.append(_("held until send_from {at} JST").format(at=f"{start.astimezone(JST):%Y-%m-%d %H:%M}"))
         if rate is None:
             notes.append(_("no rate cap set: as fast as the workers go"))
         if channel == "sms" and window is not None and not window.always:
@@ -126,7 +139,7 @@ def make_plan(campaign: Campaign, pending: dict[str, tuple[int, int]], settings:
             days = _("needs {days} days of the {quota}/day quota")
             notes.append(days.format(days=math.ceil(units / quota), quota=f"{quota:,}"))
         channels.append(ChannelPlan(channel, count, units, rate, quota, finish, _("; ").join(notes)))
-    return Plan(campaign.id, now, campaign.send_by, channels)
+    return Plan(campaign.id, now, campaign.send_by, channels, campaign.send_from)
 
 
 def _fmt_window(window: SmsWindow) -> str:
