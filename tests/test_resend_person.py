@@ -179,3 +179,13 @@ def test_a_late_event_for_the_old_attempt_does_not_move_the_new_one(rt, tmp_path
     now = rt.ledger.get(ids["U1"])
     assert now.status is Status.SENT and now.contact == "new@example.jp"
     assert rt.ledger.is_suppressed("new@example.jp") is None
+
+
+def test_re_addressing_a_waiting_person_again_and_again_keeps_the_counts(srt, tmp_path) -> None:
+    # A queued → queued move touches the same (channel, state) counter twice; with 16 shards, 40 moves would
+    # pick one shard for both more than nine times in ten if the shards were drawn independently.
+    ids = enqueue(srt, fallback_campaign(tmp_path, "again", fallback=False), [row("U1", email="a0@example.jp")])
+    for i in range(1, 41):
+        resend_person(srt, "again", "U1", None, reason="correction", email=f"a{i}@example.jp", who="operator:x")
+    assert srt.ledger.counts("again") == {("email", "queued"): 1} == srt.ledger.count_rows("again")
+    assert srt.ledger.get(ids["U1"]).contact == "a40@example.jp"

@@ -13,6 +13,7 @@ from rich.table import Table
 from dispatcher.cli.common import EXIT_OK, EXIT_REJECTS, err, fail, install_runtime, out, redis_available
 from dispatcher.core.errors import ConfigError, InputError
 from dispatcher.core.i18n import _
+from dispatcher.core.labels import shown_status
 from dispatcher.core.settings import Settings
 
 
@@ -47,7 +48,7 @@ def resend_one(
         )
         out.print(
             _("{campaign} user {user}: {state}; resend {change}").format(
-                campaign=campaign_id, user=user_id, state=plan.status.value, change=change
+                campaign=campaign_id, user=user_id, state=shown_status(plan.status.value), change=change
             ),
             highlight=False,
             markup=False,
@@ -69,7 +70,9 @@ def resend_one(
             who=operator_name(),
         )
     out.print(
-        _("queued: one message to {contact} (was {state})").format(contact=done.new.masked(), state=done.status.value),
+        _("queued: one message to {contact} (was {state})").format(
+            contact=done.new.masked(), state=shown_status(done.status.value)
+        ),
         highlight=False,
         markup=False,
     )
@@ -110,7 +113,7 @@ def corrections(settings: Settings, campaign_file: Path, csv_path: Path, rejects
         left.add_column("user_id")
         left.add_column(_("state"))
         for user_id, state in result.left:
-            left.add_row(user_id, state)
+            left.add_row(user_id, shown_status(state))
         out.print(left)
     for rejected in result.rejects[:20]:
         err.print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .campaigns import CampaignLedger
 from .counters import COUNT_SHARDS
 from .events import EventLedger
+from .holds import HoldLedger
 from .imports import ImportLedger
 from .new_deliveries import NewDeliveryLedger, _json_dumps
 from .people import PeopleLedger
@@ -21,6 +22,13 @@ __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"
 
 
 class Ledger(
-    CampaignLedger, NewDeliveryLedger, ReaddressLedger, ImportLedger, SuppressionLedger, EventLedger, PeopleLedger
+    CampaignLedger,
+    NewDeliveryLedger,
+    ReaddressLedger,
+    ImportLedger,
+    SuppressionLedger,
+    EventLedger,
+    HoldLedger,
+    PeopleLedger,
 ):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""

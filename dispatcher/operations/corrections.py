@@ -27,6 +27,7 @@ from dispatcher.core import clock
 from dispatcher.core.campaign import Campaign, load_campaign
 from dispatcher.core.csvout import SafeCsvWriter
 from dispatcher.core.errors import ConfigError, InputError
+from dispatcher.core.i18n import _
 from dispatcher.core.states import Channel, Status
 from dispatcher.intake.contacts import FieldError, check_user_id
 from dispatcher.intake.recipients import RecipientFile, Rejected, rows_from_dicts, validate_row
@@ -61,12 +62,16 @@ class CorrectionsResult:
 
 def check_corrections_header(header: list[str], where: str) -> None:
     if "user_id" not in header:
-        raise InputError(f"{where}: header has no 'user_id' column")
+        raise InputError(_("{where}: header has no 'user_id' column").format(where=where))
     if "email" not in header and "phone" not in header:
-        raise InputError(f"{where}: header needs an 'email' or a 'phone' column")
+        raise InputError(_("{where}: header needs an 'email' or a 'phone' column").format(where=where))
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
-        raise InputError(f"{where}: column(s) {', '.join(dupes)} appear more than once in the header")
+        raise InputError(
+            _("{where}: column(s) {columns} appear more than once in the header").format(
+                where=where, columns=", ".join(dupes)
+            )
+        )
 
 
 class _Row(Exception):
@@ -98,9 +103,11 @@ def update_contacts(
         campaign = load_campaign(campaign)
     record = rt.ledger.campaign(campaign.id, fresh=True)
     if record is None:
-        raise ConfigError(f"campaign '{campaign.id}' is not in the ledger: enqueue its list first")
+        raise ConfigError(
+            _("campaign '{campaign}' is not in the ledger: enqueue its list first").format(campaign=campaign.id)
+        )
     if record.state == "cancelled":
-        raise ConfigError(f"campaign '{campaign.id}' is cancelled")
+        raise ConfigError(_("campaign '{campaign}' is cancelled").format(campaign=campaign.id))
     source: RecipientFile | None = None
     records: Iterator[tuple[int, dict[str, str] | None, str | None]]
     if isinstance(rows, str | Path):

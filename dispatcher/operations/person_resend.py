@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from dispatcher.core import clock, sms
 from dispatcher.core.errors import DispatcherError, InputError
+from dispatcher.core.i18n import _
 from dispatcher.core.states import Channel, Status
 from dispatcher.intake.contacts import FieldError, check_email, check_phone
 from dispatcher.ledger.readdress import Address
@@ -52,7 +53,7 @@ class PersonResend:
 def new_address(email: str | None, phone: str | None) -> Address | None:
     """A corrected contact as given by an operator, normalised as in ``enqueue``; InputError if invalid."""
     if email and phone:
-        raise InputError("give either --email or --phone, not both")
+        raise InputError(_("give either --email or --phone, not both"))
     try:
         if email:
             return Address(Channel.EMAIL, check_email(email)[0])
@@ -68,7 +69,11 @@ def sms_parts_for(rt: Runtime, record: CampaignRecord, delivery: Delivery) -> in
     units, parts = sms.measure(rt.renderer(record).sms(delivery.fields, delivery.receipt_url))
     limit = record.campaign.sms_max_chars
     if units > limit:
-        raise InputError(f"sms: rendered message is {units} characters, the campaign allows {limit}")
+        raise InputError(
+            _("sms: rendered message is {units} characters, the campaign allows {limit}").format(
+                units=units, limit=limit
+            )
+        )
     return parts
 
 
@@ -78,23 +83,31 @@ def _check(
     given = new_address(email, phone)
     record = rt.ledger.campaign(campaign_id, fresh=True)
     if record is None:
-        raise Refused(f"no campaign '{campaign_id}' in the ledger")
+        raise Refused(_("no campaign '{campaign}' in the ledger").format(campaign=campaign_id))
     if record.state == "cancelled":
-        raise Refused(f"campaign '{campaign_id}' is cancelled")
+        raise Refused(_("campaign '{campaign}' is cancelled").format(campaign=campaign_id))
     delivery = rt.ledger.find_person(campaign_id, user_id)
     if delivery is None:
-        raise Refused(f"no person with user_id '{user_id}' in campaign '{campaign_id}'")
+        raise Refused(
+            _("no person with user_id '{user}' in campaign '{campaign}'").format(user=user_id, campaign=campaign_id)
+        )
     if delivery.status in NEVER:
-        raise Refused(f"user_id '{user_id}' complained: never sent anything again")
+        raise Refused(_("user_id '{user}' complained: never sent anything again").format(user=user_id))
     if delivery.status in IN_FLIGHT:
-        raise Refused(f"user_id '{user_id}' is being sent right now (sending); look again in a few minutes")
+        raise Refused(
+            _("user_id '{user}' is being sent right now (sending); look again in a few minutes").format(user=user_id)
+        )
     old = Address(delivery.channel, delivery.contact)
     target = given or old
     suppressed = delivery.status is Status.SUPPRESSED or rt.ledger.is_suppressed(old.contact) is not None
     if suppressed and target == old:
-        raise Refused(f"user_id '{user_id}': the contact is suppressed; give a new one with --email or --phone")
+        raise Refused(
+            _("user_id '{user}': the contact is suppressed; give a new one with --email or --phone").format(
+                user=user_id
+            )
+        )
     if target != old and rt.ledger.is_suppressed(target.contact) is not None:
-        raise Refused(f"the new contact {target.masked()} is on the suppression list")
+        raise Refused(_("the new contact {contact} is on the suppression list").format(contact=target.masked()))
     parts = sms_parts_for(rt, record, delivery) if target.channel is Channel.SMS else None
     return record, delivery, target, parts
 
@@ -103,7 +116,7 @@ def plan_person_resend(
     rt: Runtime, campaign_id: str, user_id: str, *, email: str | None = None, phone: str | None = None
 ) -> PersonResend:
     """What :func:`resend_person` would do, checked, changing nothing (for the confirmation step)."""
-    _, delivery, target, _ = _check(rt, campaign_id, user_id, email, phone)
+    _record, delivery, target, _parts = _check(rt, campaign_id, user_id, email, phone)
     old = Address(delivery.channel, delivery.contact)
     return PersonResend(campaign_id, user_id, delivery.id, delivery.status, old, target)
 
@@ -122,8 +135,8 @@ def resend_person(
     """Queue this one person again (to the corrected contact if one is given), then hand it to the broker."""
     reason = " ".join(reason.split())
     if not reason:
-        raise InputError("--reason: say why (it goes to the audit trail)")
-    _, delivery, target, parts = _check(rt, campaign_id, user_id, email, phone)
+        raise InputError(_("--reason: say why (it goes to the audit trail)"))
+    _record, delivery, target, parts = _check(rt, campaign_id, user_id, email, phone)
     old = Address(delivery.channel, delivery.contact)
     moved = rt.ledger.readdress(delivery, target, actor=who, why=f"resend: {reason[:500]}", sms_parts=parts)
     if moved is None:

@@ -36,6 +36,7 @@ from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, Prov
 from dispatcher.runtime import Runtime
 from dispatcher.sending.mime import build_raw
 from dispatcher.sending.render import Renderer
+from dispatcher.sending.sweep import held_for_send_from
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def _deliver(
     if now >= campaign.send_by:
         ledger.move(delivery_id, Status.EXPIRED, actor="worker", detail="send_by passed before sending")
         return Outcome(Status.EXPIRED)
+    if held_for_send_from(rt, delivery.id, campaign, now):
+        return Outcome(delivery.status)  # back in the ledger, unclaimed: released when send_from comes
     if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
         return Outcome(delivery.status, again_at=delivery.not_before)
     if delivery.channel is Channel.SMS and not campaign.sms_window.contains(now):
