@@ -118,8 +118,8 @@ def desk(ledger_url: str, tmp_path: Path, dispatcher_cmd: list[str]) -> Desk:
     return Desk(ledger, ledger_url, u2.id, dispatcher_cmd)
 
 
-def person(desk: Desk, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DISPATCHER_DATABASE_URL": desk.url, "COLUMNS": "160"}
+def person(desk: Desk, *args: str, lang: str = "en") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DISPATCHER_DATABASE_URL": desk.url, "COLUMNS": "160", "DISPATCHER_LANG": lang}
     return subprocess.run(
         [*desk.cmd, "person", *args], capture_output=True, text=True, env=env, timeout=120, check=False
     )
@@ -188,6 +188,20 @@ def test_human_output_is_a_block_and_the_timeline(desk: Desk) -> None:
     assert "operator:desk-test" in shown.stdout and "timeline" in shown.stdout and "nudge" in shown.stdout
     assert "2023-04-20T12:00:00+09:00" in shown.stdout
     assert_private(shown.stdout + shown.stderr)
+
+
+def test_japanese_for_office_staff_while_the_json_stays_the_same(desk: Desk) -> None:
+    shown = person(desk, CAMPAIGN, "--user", "U2", lang="ja")
+    assert shown.returncode == 0, shown.stderr
+    assert "経過" in shown.stdout and "送信済み" in shown.stdout and "利用者ID" in shown.stdout
+    assert "timeline" not in shown.stdout
+    assert (
+        person(desk, CAMPAIGN, "--user", "U2", "--json", lang="ja").stdout
+        == person(desk, CAMPAIGN, "--user", "U2", "--json").stdout
+    )
+    unknown = person(desk, CAMPAIGN, "--user", "NOBODY", lang="ja")
+    assert unknown.returncode == 1 and "該当する人はいません" in unknown.stderr
+    assert_private(shown.stdout)
 
 
 def test_inquiry_number_and_email_find_the_person(desk: Desk) -> None:

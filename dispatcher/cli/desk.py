@@ -11,6 +11,7 @@ from rich.text import Text
 from dispatcher.cli.common import EXIT_FAIL, cli, fail, out, settings_or_exit
 from dispatcher.core.clock import JST
 from dispatcher.core.i18n import _
+from dispatcher.core.labels import shown_channel, shown_status
 from dispatcher.operations.person import By, PersonView, Step, jst, people_json
 
 
@@ -28,8 +29,8 @@ def timeline(title: str, steps: list[Step]) -> Table:
                 Text(value)
                 for value in (
                     s.at.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S"),
-                    s.from_status or "—",
-                    s.to_status,
+                    shown_status(s.from_status) if s.from_status else "—",
+                    shown_status(s.to_status),
                     str(s.attempt),
                     s.actor,
                     s.code or "",
@@ -49,10 +50,10 @@ def facts(view: PersonView) -> Table:
         (_("campaign"), view.campaign_id),
         (_("user id"), view.user_id),
         (_("inquiry no"), view.inquiry_no or "—"),
-        (_("channel"), view.channel),
+        (_("channel"), shown_channel(view.channel)),
         (_("contact"), view.contact),
-        (_("contacts on file"), ", ".join(f"{ch}: {c}" for ch, c in view.contacts.items()) or "—"),
-        (_("state"), view.status),
+        (_("contacts on file"), ", ".join(f"{shown_channel(ch)}: {c}" for ch, c in view.contacts.items()) or "—"),
+        (_("state"), shown_status(view.status)),
         (_("attempts"), str(view.attempts)),
         (_("provider ids"), ids or "—"),
         (_("first sent"), jst(view.first_sent_at) or "—"),
@@ -63,8 +64,8 @@ def facts(view: PersonView) -> Table:
         (_("reminders"), str(len(view.reminders)) if view.reminders else _("none")),
     ]
     if view.fallback is not None:
-        first = f"{view.fallback.first_channel}: {view.fallback.first_status}"
-        rows.append((_("fell back"), f"{jst(view.fallback.at)} ({_('first')} {first})"))
+        first = f"{shown_channel(view.fallback.first_channel or '')}: {shown_status(view.fallback.first_status or '')}"
+        rows.append((_("fell back"), _("{at} (first {first})").format(at=jst(view.fallback.at), first=first)))
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     return table
@@ -75,14 +76,14 @@ def show(view: PersonView) -> None:
     out.print(timeline(_("timeline"), view.history))
     for r in view.reminders:
         title = _("reminder {template}: {status}, {attempts} attempt(s), sent {sent}").format(
-            template=r.template, status=r.status, attempts=r.attempts, sent=jst(r.first_sent_at) or "—"
+            template=r.template, status=shown_status(r.status), attempts=r.attempts, sent=jst(r.first_sent_at) or "—"
         )
         out.print(timeline(title, r.history))
 
 
 @cli.command()
 @click.argument("campaign_id")
-@click.option("--user", "user_id", metavar="ID", help="The person's user_id.")
+@click.option("--user", "user_id", metavar="ID", help="The user_id on their row.")
 @click.option("--inquiry", "inquiry_no", metavar="NO", help="The inquiry number on their row.")
 @click.option("--contact", metavar="EMAIL_OR_PHONE", help="Their e-mail address or phone number, in any writing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
