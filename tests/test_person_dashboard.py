@@ -201,3 +201,72 @@ def test_operator_finds_a_caller_by_phone_in_the_browser(
     assert_private(html, *requested)
     strays = [url for url in requested if not url.startswith(base)]
     assert not strays, f"the browser left 127.0.0.1: {strays}"
+
+
+def _form_csrf(html: str, action: str) -> str:
+    match = re.search(rf'action="{re.escape(action)}".*?name="{CSRF_FIELD}" value="([^"]+)"', html, re.S)
+    assert match, f"a form posting to {action} with the session's CSRF token"
+    return match.group(1)
+
+
+def test_resend_to_one_person_from_their_page_checks_then_confirms_once(
+    client: httpx.Client, seeded: Seeded, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cid = seeded.campaign_id
+    action = f"/campaigns/{cid}/resend-person"
+    login(client, cid)
+    page = client.get(f"/campaigns/{cid}/people/U000003")
+    assert "data-person-resend" in page.text
+    csrf = _form_csrf(page.text, action)
+    person = seeded.rt.ledger.person_by_user(cid, "U000003")
+    assert person is not None and person.status is Status.SENT
+    asked = {
+        CSRF_FIELD: csrf,
+        "user_id": "U000003",
+        "phone": "０８０－２２２２－３３３３",
+        "reason": "機種変更で番号が変わった",
+    }
+    # Without the CSRF token, without a reason, with a number that is no mobile: refused, nothing changed
+    assert client.post(action, data={k: v for k, v in asked.items() if k != CSRF_FIELD}).status_code == 403
+    assert client.post(action, data={**asked, "reason": " "}).status_code == 400
+    assert client.post(action, data={**asked, "phone": "03-5244-9370"}).status_code == 400
+    # When the operator checks the resend to the caller's new number
+    check = client.post(action, data=asked)
+    # Then the confirmation shows old and new masked, and holds neither the typed number nor a way around it
+    assert check.status_code == 200, check.text
+    assert "090-****-0003" in check.text and "080-****-3333" in check.text
+    for secret in ("2222", "22223333", "２２２２"):
+        assert secret not in check.text
+    assert seeded.rt.ledger.get(person.id).status is Status.SENT and seeded.dispatched == []
+    confirm = {
+        CSRF_FIELD: _form_csrf(check.text, action),
+        "confirm": re.search(r'name="confirm" value="([^"]+)"', check.text).group(1),
+    }
+    # When they confirm
+    done = client.post(action, data=confirm)
+    # Then exactly one more message is queued, to the new number, and the trail names who and why
+    assert done.status_code == 303 and done.headers["location"] == f"/campaigns/{cid}/people/U000003?done=resend"
+    after = seeded.rt.ledger.get(person.id)
+    assert after.status is Status.QUEUED and after.contact == "+818022223333" and seeded.dispatched == [person.id]
+    last = seeded.rt.ledger.history(person.id)[-1]
+    assert last["actor"].startswith("dashboard:") and "機種変更" in last["detail"] and "080-****-3333" in last["detail"]
+    # A second confirmation (a double click, a replayed form) does nothing
+    assert client.post(action, data=confirm).status_code == 409
+    assert seeded.dispatched == [person.id]
+    assert_private(check.text, done.text, caplog.text)
+    assert "22223333" not in caplog.text
+
+
+def test_a_complained_person_gets_no_resend_form(client: httpx.Client, seeded: Seeded) -> None:
+    cid = seeded.campaign_id
+    person = seeded.rt.ledger.person_by_user(cid, "U000003")
+    assert seeded.rt.ledger.move(person.id, Status.COMPLAINED, actor="event:test") is not None
+    login(client, cid)
+    page = client.get(f"/campaigns/{cid}/people/U000003")
+    assert "data-person-resend" not in page.text and "苦情" in page.text
+    csrf = _form_csrf(client.get(f"/campaigns/{cid}").text, f"/campaigns/{cid}/people")
+    refused = client.post(
+        f"/campaigns/{cid}/resend-person", data={CSRF_FIELD: csrf, "user_id": "U000003", "reason": "again"}
+    )
+    assert refused.status_code == 409 and seeded.dispatched == []

@@ -52,6 +52,10 @@ class keys:
     def dashboard_session(generation: str, sid: str) -> str:
         return f"{keys.prefix}:dashboard:session:{generation}:{sid}"
 
+    @staticmethod
+    def dashboard_pending_resend(nonce: str) -> str:
+        return f"{keys.prefix}:dashboard:pending-resend:{nonce}"
+
 
 #: What is kept of a traceback that Dramatiq's Retries middleware puts in a retried message: its end.
 MAX_TRACEBACK_CHARS = 2000
