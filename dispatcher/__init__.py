@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dispatcher.intake.enqueue import EnqueueResult
+    from dispatcher.intake.redemptions import RedemptionResult
 
-__all__ = ["enqueue_campaign"]
+__all__ = ["enqueue_campaign", "record_redemptions"]
 
 
 def enqueue_campaign(campaign: Any, recipients: Any, **options: Any) -> EnqueueResult:
@@ -31,3 +32,15 @@ def enqueue_campaign(campaign: Any, recipients: Any, **options: Any) -> EnqueueR
             return _enqueue(campaign, recipients, settings=live, **options)
         finally:
             broker.uninstall()
+
+
+def record_redemptions(campaign_id: str, rows: Any, **options: Any) -> RedemptionResult:
+    """Record the receipt site's redemptions for a campaign (see :mod:`dispatcher.intake.redemptions`).
+
+    ``rows``: a CSV path or an iterable of dicts with ``user_id`` and optional ``redeemed_at`` (ISO 8601;
+    JST when it has no offset). Returns the counts recorded / filled in / already known / rejected and
+    the rejects (unknown user ids, bad times). Idempotent: the same rows again change nothing.
+    """
+    from dispatcher.intake.redemptions import record_redemptions as _record
+
+    return _record(campaign_id, rows, **options)

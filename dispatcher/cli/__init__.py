@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import dispatcher.cli.reminders  # noqa: F401  (redeemed, remind)
 from dispatcher.cli import campaigns, operators, services  # noqa: F401  (register their commands)
 from dispatcher.cli.common import EXIT_FAIL, cli, fail
 from dispatcher.core.errors import ConfigError, DispatcherError, InputError

@@ -133,7 +133,7 @@ def status(campaign_id: str, as_json: bool) -> None:
 def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
     """When will the rest of the campaign be sent, and is that before send_by?"""
     from dispatcher.ledger import Ledger
-    from dispatcher.operations.plan import make_plan
+    from dispatcher.operations.plan import make_plan, merge_pending
 
     settings = settings_or_exit()
     ledger = Ledger(settings.ledger_url)
@@ -141,7 +141,11 @@ def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
     if record is None:
         fail(f"no campaign '{campaign_id}' in the ledger", EXIT_FAIL)
         return
-    result = make_plan(record.campaign, ledger.pending_work(campaign_id), settings, clock.now())
+    # Queued reminders go through the same limits: the plan counts them with the campaign's own work.
+    pending = merge_pending(
+        ledger.pending_work(campaign_id), *(ledger.pending_work(c) for c, _ in ledger.child_campaigns(campaign_id))
+    )
+    result = make_plan(record.campaign, pending, settings, clock.now())
     if as_json:
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
     else:

@@ -14,10 +14,13 @@ from .imports import ImportLedger
 from .moves import MoveLedger
 from .new_deliveries import NewDeliveryLedger, _json_dumps
 from .records import CampaignRecord, Delivery
+from .redemptions import RedemptionLedger
 from .suppression import SuppressionLedger
 
 __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"]
 
 
-class Ledger(CampaignLedger, NewDeliveryLedger, MoveLedger, ImportLedger, SuppressionLedger, EventLedger):
+class Ledger(
+    CampaignLedger, NewDeliveryLedger, MoveLedger, ImportLedger, SuppressionLedger, EventLedger, RedemptionLedger
+):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""
