@@ -144,7 +144,6 @@ def test_acceptance_one_reminder_for_each_unredeemed_none_for_the_redeemed(
 def test_killing_the_pool_mid_reminder_run_reminds_nobody_twice(
     tmp_path, redis_url, dispatcher_cmd, monkeypatch
 ) -> None:
-    from .test_reliability import recovery  # noqa: F401  (documented settings, applied below)
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     monkeypatch.setenv("DISPATCHER_DATABASE_URL", url)

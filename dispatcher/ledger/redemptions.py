@@ -243,9 +243,10 @@ class RedemptionLedger(BaseLedger):
                 purpose=purpose,
             )
             .on_conflict_do_nothing(index_elements=[campaigns.c.id])
+            .returning(campaigns.c.id)
         )
         with self.write() as conn:
-            created = conn.execute(stmt).rowcount == 1
+            created = conn.execute(stmt).first() is not None
         with self._cache_lock:
             self._campaign_cache.pop(reminder_id, None)
         return created
