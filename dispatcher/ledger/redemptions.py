@@ -251,6 +251,14 @@ class RedemptionLedger(BaseLedger):
             self._campaign_cache.pop(reminder_id, None)
         return created
 
+    def refresh_statistics(self) -> None:
+        """PostgreSQL: let the planner see the tables as they are now. A list just loaded (or a big
+        redemption file) leaves statistics that say "a few rows", and the reminder scan then takes nested
+        loops over a million rows (26 s for 20,000 people instead of a fraction of a second)."""
+        if self.dialect == "postgresql":
+            with self._one_statement() as conn:
+                conn.exec_driver_sql("ANALYZE deliveries, redemptions, suppressions")
+
     def reminder_candidates(
         self, parent_id: str, reminder_id: str, *, after_id: int = 0, limit: int = 5000
     ) -> list[dict[str, Any]]:

@@ -131,6 +131,7 @@ def remind(
         )
     elif not dry_run and existing is not None and existing.state != record.state:
         ledger.set_campaign_state(child_id, record.state, f"follows {campaign_id} ({actor})")
+    ledger.refresh_statistics()
     checked_email = False
     after = 0
     while page := ledger.reminder_candidates(campaign_id, child_id, after_id=after, limit=PAGE):
