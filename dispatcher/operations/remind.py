@@ -7,7 +7,7 @@ key are the parent's) and that template's sources snapshotted. Its deliveries ar
 the channel and contact that reached the person, so the atomic claim, ``unknown`` on a lost answer, the
 sweep, rate limits, quotas, the SMS window, send-by and the breaker hold as for a first message. The
 unique campaign + user makes a second run add nobody; the worker checks the redemption again right before
-each send (:func:`dispatcher.sending.delivery.redeemed_reminders`).
+each send (:mod:`dispatcher.sending.reminders`).
 
 The SMS length is checked here for every row, rendered with the person's real URL: a row over the
 campaign's limit is listed and not queued (the others are).

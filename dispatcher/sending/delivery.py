@@ -34,6 +34,7 @@ from dispatcher.ledger.store import CampaignRecord, Delivery
 from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
 from dispatcher.runtime import Runtime
 from dispatcher.sending.mime import build_raw
+from dispatcher.sending.reminders import cancel_redeemed_reminders
 from dispatcher.sending.render import Renderer
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,14 @@ def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None
     with rt.ledger.pinned():
         try:
             found = rt.ledger.for_send_many(ids)
-            redeemed = redeemed_reminders(rt, found)
+            # Reminders whose person has redeemed since the run was made are settled here, never sent.
+            result.outcomes.update({i: Outcome(s) for i, s in cancel_redeemed_reminders(rt.ledger, found).items()})
             for n, delivery_id in enumerate(ids):
                 if budget is not None and n and time.monotonic() - started > budget:
                     result.left = list(ids[n:])
                     break
                 try:
-                    if delivery_id in redeemed:
-                        result.outcomes[delivery_id] = _redeemed(rt, found[delivery_id][0])
+                    if delivery_id in result.outcomes:
                         continue
                     result.outcomes[delivery_id] = _deliver(rt, delivery_id, found.get(delivery_id), after)
                 except Exception as exc:
@@ -127,25 +128,6 @@ def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None
             f", {len(result.left)} handed on" if result.left else "",
         )
     return result
-
-
-def redeemed_reminders(
-    rt: Runtime, found: dict[int, tuple[Delivery, str | None, datetime | None, str | None]]
-) -> set[int]:
-    """The reminders in this batch whose person has redeemed since the run was made: one query for the
-    batch, and none at all for a batch without reminders (a campaign with a parent is a reminder run)."""
-    campaign_ids = {d.campaign_id for d, *_ in found.values() if d.status in CLAIMABLE}
-    if not any((r := rt.ledger.campaign(c)) is not None and r.parent_id for c in campaign_ids):
-        return set()
-    return rt.ledger.redeemed_among(list(found))
-
-
-def _redeemed(rt: Runtime, delivery: Delivery) -> Outcome:
-    """A reminder for someone who has redeemed: never sent; ``cancelled`` with the reason."""
-    moved = rt.ledger.move(
-        delivery.id, Status.CANCELLED, actor="worker", detail="redeemed", values={"reason": "redeemed"}
-    )
-    return Outcome(Status.CANCELLED if moved is not None else None)
 
 
 def _deliver(
