@@ -133,9 +133,9 @@ def remind(
         ledger.set_campaign_state(child_id, record.state, f"follows {campaign_id} ({actor})")
     ledger.refresh_statistics()
     checked_email = False
-    after = 0
-    while page := ledger.reminder_candidates(campaign_id, child_id, after_id=after, limit=PAGE):
-        after = page[-1]["id"]
+    bounds = ledger.id_range(campaign_id)
+    for low in range(bounds[0], bounds[1] + 1, PAGE) if bounds else ():
+        page = ledger.reminder_candidates(campaign_id, child_id, low, low + PAGE - 1)
         rows = []
         for row in page:
             parts = None
