@@ -30,7 +30,6 @@ from pathlib import Path
 import psutil
 import redis
 import sqlalchemy
-from common import redis_url
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +37,8 @@ WORK = ROOT / "var" / "bench"
 PG_URL = os.environ.get(
     "DISPATCHER_BENCH_REMIND_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/dispatcher_bench_remind"
 )
+#: A Redis database of its own (it is flushed before and after): other benchmarks use theirs.
+REDIS_URL = os.environ.get("DISPATCHER_BENCH_REMIND_REDIS_URL", "redis://127.0.0.1:6379/12")
 CAMPAIGN_ID = "bench-remind"
 TEMPLATE = "compensation-reminder"
 CLOCK_START = "2023-05-12T10:00:00+09:00"
@@ -194,7 +195,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     if args.db.startswith("postgresql"):
         reset_postgres(args.db)
-    broker_url = redis_url()
+    broker_url = REDIS_URL
     redis.Redis.from_url(broker_url).flushdb()
     outbox = WORK / "remind-outbox"
     shutil.rmtree(outbox, ignore_errors=True)
