@@ -238,3 +238,30 @@ def test_an_sms_over_the_limit_is_listed_at_remind_time_and_not_queued(outbox_rt
     run = remind(rt, "long", "long-reminder", None, templates_dir=tmp_path / "mine")
     assert run.queued == 4 and run.by_channel == {"email": 4, "sms": 0}
     assert {d.channel for d in rt.ledger.iter_campaign("long~long-reminder")} == {Channel.EMAIL}
+
+
+def test_the_remind_command_shows_the_cost_asks_before_queuing_and_names_an_unknown_campaign(
+    outbox_rt, tmp_path, monkeypatch
+) -> None:
+    from dispatcher import broker
+    from dispatcher.cli import cli
+
+    rt = outbox_rt
+    send_campaign(rt, tmp_path, rows(6), "cmd")
+    monkeypatch.setenv("DISPATCHER_SMS_PRICE_PER_PART", "8.5")
+    runner = CliRunner()
+    # A dry run: per channel, SMS parts and their cost; nothing made
+    dry = runner.invoke(cli, ["remind", "cmd", "--template", TEMPLATE, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would queue 6 reminders (email 4, sms 2); SMS parts 2" in " ".join(dry.output.split())
+    assert "estimated SMS cost 17.00" in dry.output
+    assert rt.ledger.campaign("cmd~" + TEMPLATE, fresh=True) is None
+    # Without --yes and without a terminal to ask on: refused, nothing made
+    broker._installed = None
+    refused = runner.invoke(cli, ["remind", "cmd", "--template", TEMPLATE])
+    assert refused.exit_code == 1 and "without --yes" in refused.output
+    assert rt.ledger.campaign("cmd~" + TEMPLATE, fresh=True) is None
+    # An unknown campaign: exit 1, as status and report; an unknown template: exit 2 (configuration)
+    assert runner.invoke(cli, ["remind", "nope", "--template", TEMPLATE, "--yes"]).exit_code == 1
+    missing = runner.invoke(cli, ["remind", "cmd", "--template", "no-such-template", "--yes"])
+    assert missing.exit_code == 2 and "no-such-template" in missing.output
