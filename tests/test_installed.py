@@ -216,6 +216,27 @@ def test_help_and_demo_run_from_the_installed_package(installed: Installed, outs
     assert list((outside / "demo" / "outbox").rglob("*"))
 
 
+def test_the_installed_package_speaks_japanese_to_office_staff(installed: Installed, outside: Path) -> None:
+    # Given the installed command on a Japanese office PC (the OS need not have the ja_JP locale), and on an
+    # English one
+    ja = base_env(installed, outside, LANG="ja_JP.UTF-8")
+    en = base_env(installed, outside)
+    # When help is asked for and a command is used wrongly
+    helped = run(installed, ["--help"], ja, outside)
+    sub = run(installed, ["status", "--help"], ja, outside)
+    english = run(installed, ["--help"], en, outside)
+    forced = run(installed, ["--help"], {**ja, "DISPATCHER_LANG": "en"}, outside)
+    refused = [run(installed, ["status"], env, outside, code=2) for env in (ja, en)]
+    # Then the catalogue shipped in the package makes help and errors Japanese, click's own texts included
+    assert "使い方:" in helped.stdout and "このヘルプを表示して終了します。" in helped.stdout
+    assert "配信の件数を状態別・チャネル別に表示します。" in helped.stdout and "Usage:" not in helped.stdout
+    assert "機械処理用の出力" in sub.stdout
+    assert "エラー: 引数が足りません" in refused[0].stderr and "Error: Missing argument" in refused[1].stderr
+    # and English stays the default, and DISPATCHER_LANG=en wins over the locale
+    for page in (english, forced):
+        assert "Usage:" in page.stdout and "使い方" not in page.stdout
+
+
 # A campaign through every command ---------------------------------------------------------------
 
 

@@ -40,6 +40,11 @@ class keys:
         return f"{keys.prefix}:sweep-lock"
 
     @staticmethod
+    def send_from_sweep(at: str) -> str:
+        """Taken by the one sweeper (across hosts) that releases the work held for the ``send_from`` ``at``."""
+        return f"{keys.prefix}:sweep-send-from:{at}"
+
+    @staticmethod
     def dashboard_signing_key() -> str:
         return f"{keys.prefix}:dashboard:signing-key"
 

@@ -42,13 +42,13 @@ def redeemed(campaign_id: str, redemptions_csv: Path, rejects_path: Path | None)
     settings = settings_or_exit()
     ledger = Ledger(settings.ledger_url)
     if ledger.campaign(campaign_id, fresh=True) is None:
-        fail(_(f"no campaign '{campaign_id}' in the ledger"), EXIT_FAIL)
+        fail(_("no campaign '{campaign}' in the ledger").format(campaign=campaign_id), EXIT_FAIL)
     try:
         result = record_redemptions(campaign_id, redemptions_csv, ledger=ledger, rejects_path=rejects_path)
     except (ConfigError, InputError) as exc:
         fail(str(exc))
         return
-    table = Table(title=_(f"redemptions for {campaign_id}"), show_header=False)
+    table = Table(title=_("redemptions for {campaign}").format(campaign=campaign_id), show_header=False)
     for label, value in [
         (_("rows read"), result.rows),
         (_("newly recorded"), result.recorded),
@@ -62,9 +62,14 @@ def redeemed(campaign_id: str, redemptions_csv: Path, rejects_path: Path | None)
         table.add_row(_("rejects file"), str(result.rejects_path))
     out.print(table)
     for rejected in result.rejects[:20]:
-        err.print(_(f"  row {rejected.row}: {rejected.reason}"), highlight=False, markup=False)
+        err.print(
+            _("  row {row}: {reason}").format(row=rejected.row, reason=rejected.reason), highlight=False, markup=False
+        )
     if result.rejected > 20:
-        err.print(_(f"  … and {result.rejected - 20:,} more in {result.rejects_path}"), highlight=False)
+        err.print(
+            _("  … and {n} more in {path}").format(n=f"{result.rejected - 20:,}", path=result.rejects_path),
+            highlight=False,
+        )
     sys.exit(EXIT_REJECTS if result.rejected else EXIT_OK)
 
 
@@ -102,11 +107,13 @@ def remind(campaign_id: str, template: str, templates_dir: Path | None, dry_run:
         if not yes:
             if not sys.stdin.isatty():
                 fail(_("refusing to queue reminders without --yes (no terminal to ask on)"), EXIT_FAIL)
-            click.confirm(_(f"Queue {preview.queued:,} reminders ({template})?"), abort=True)
+            click.confirm(
+                _("Queue {n} reminders ({template})?").format(n=f"{preview.queued:,}", template=template), abort=True
+            )
         done: ReminderRun = make_reminders(rt, campaign_id, template, dispatch_ids, templates_dir=templates_dir)
         _print(done, _("queued"))
         if done.state != "active":
-            out.print(_(f"the campaign is {done.state}: the reminders wait until it is resumed"))
+            out.print(_("the campaign is {state}: the reminders wait until it is resumed").format(state=done.state))
     sys.exit(EXIT_REJECTS if done.too_long_count else EXIT_OK)
 
 
@@ -115,13 +122,21 @@ def _print(run: object, verb: str) -> None:
 
     assert isinstance(run, ReminderRun)
     channels = ", ".join(f"{c} {n:,}" for c, n in sorted(run.by_channel.items()))
-    out.print(_(f"{run.reminder_id}: {verb} {run.queued:,} reminders ({channels}); SMS parts {run.sms_parts:,}"))
+    out.print(
+        _("{run}: {verb} {n} reminders ({channels}); SMS parts {parts}").format(
+            run=run.reminder_id, verb=verb, n=f"{run.queued:,}", channels=channels, parts=f"{run.sms_parts:,}"
+        )
+    )
     if run.sms_cost is not None:
-        out.print(_(f"  estimated SMS cost {run.sms_cost:,.2f}"))
+        out.print(_("  estimated SMS cost {cost}").format(cost=f"{run.sms_cost:,.2f}"))
     if run.too_long_count:
         err.print(
-            _(f"  {run.too_long_count:,} SMS over the campaign's limit, not queued (fix the template):"),
+            _("  {n} SMS over the campaign's limit, not queued (fix the template):").format(
+                n=f"{run.too_long_count:,}"
+            ),
             highlight=False,
         )
         for user_id, length in run.too_long[:20]:
-            err.print(_(f"    {user_id}: {length} characters"), highlight=False, markup=False)
+            err.print(
+                _("    {user}: {length} characters").format(user=user_id, length=length), highlight=False, markup=False
+            )

@@ -21,6 +21,8 @@ from .series import SendsPerMinute
 
 #: Deliveries that went through ``sent`` (the cumulative line of the chart counts these).
 SENT_EVER = (Status.SENT, Status.DELIVERED, Status.BOUNCED, Status.COMPLAINED)
+#: Lists shown one by one: two months of daily lists (web applicants' lists arrive day by day).
+RECENT_IMPORTS = 62
 #: Chart ranges an operator can pick, in minutes.
 CHART_RANGES = (15, 60, 360, 1440)
 
@@ -36,6 +38,13 @@ class CampaignView:
     #: ``campaign_status()``: the SPEC §9 ``status --json`` shape.
     status: dict[str, Any]
     plan: Plan
+    #: The scheduled start (campaign key ``send_from``); None when the campaign has none.
+    send_from: datetime | None = None
+
+    @property
+    def held(self) -> bool:
+        """Sending has not started yet: the campaign's send_from is still ahead."""
+        return self.send_from is not None and self.plan.now < self.send_from
 
     @property
     def total(self) -> int:
@@ -83,6 +92,7 @@ def campaign_view(rt: Runtime, campaign_id: str) -> CampaignView | None:
         deadline=record.campaign.deadline,
         status=status,
         plan=plan,
+        send_from=record.campaign.send_from,
     )
 
 
@@ -101,6 +111,8 @@ def summary_json(view: CampaignView) -> dict[str, Any]:
         "state_reason": view.state_reason,
         "send_by": view.send_by.isoformat(),
         "deadline": view.deadline.isoformat(),
+        "send_from": view.send_from.isoformat() if view.send_from else None,
+        "held_until_send_from": view.held,
         "progress": {
             "done": view.done,
             "pending": view.pending,
@@ -137,7 +149,7 @@ def imports_summary(rt: Runtime, campaign_id: str) -> dict[str, Any]:
                 "rejected": i["rejected"],
                 "rejects_file": PurePath(i["rejects_path"]).name if i["rejects_path"] else None,
             }
-            for i in lists[-10:]
+            for i in lists[-RECENT_IMPORTS:]
         ],
     }
 

@@ -110,7 +110,7 @@ def record_redemptions(
         path = Path(rows)
         if not path.is_file():
             raise InputError(f"redemption list not found: {path}")
-        file = RecipientFile(path, check=check_header)
+        file = RecipientFile(path, header_check=check_header)
         records = file.records()
         source = source or path.name
         rejects_file: Path | None = Path(rejects_path) if rejects_path else path.with_name(path.stem + ".rejects.csv")

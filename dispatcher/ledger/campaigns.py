@@ -25,6 +25,8 @@ class CampaignLedger(BaseLedger):
         definition = campaign_to_dict(campaign)
         definition["deadline"] = campaign.deadline.isoformat()
         definition["send_by"] = campaign.send_by.isoformat()
+        if campaign.send_from is not None:
+            definition["send_from"] = campaign.send_from.isoformat()
         stmt = self._insert(campaigns).values(
             id=campaign.id,
             name=campaign.name,
@@ -56,6 +58,8 @@ class CampaignLedger(BaseLedger):
         definition = dict(row.definition)
         definition["deadline"] = datetime.fromisoformat(definition["deadline"])
         definition["send_by"] = datetime.fromisoformat(definition["send_by"])
+        if definition.get("send_from") is not None:
+            definition["send_from"] = datetime.fromisoformat(definition["send_from"])
         record = CampaignRecord(
             parse_campaign(definition, where=f"ledger campaign {campaign_id}"),
             dict(row.templates),

@@ -102,10 +102,19 @@ deliveries = Table(
     Column("last_event_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    #: Second wave, automatic fallback: set in the same transaction as a hard bounce or permanent failure of a
+    #: row that has the other contact (the fallback is owed; the sweep finds it if its message was lost) ...
+    Column("fallback_due_at", UTCDateTime),
+    #: ... and when it was queued on the other channel (never twice), with the first channel's evidence.
+    Column("fallback_at", UTCDateTime),
+    Column("first_channel", String(8)),
+    Column("first_status", String(16)),
+    Column("first_provider_message_id", String(200)),
     UniqueConstraint("campaign_id", "user_id", name="uq_delivery_campaign_user"),
     Index("ix_deliveries_campaign_status", "campaign_id", "status", "channel"),
     Index("ix_deliveries_status_not_before", "status", "not_before"),
     Index("ix_deliveries_provider_message", "provider_message_id"),
+    Index("ix_deliveries_fallback_due", "fallback_due_at"),
 )
 
 #: Append-only audit trail: every state change with time, attempt and provider code.

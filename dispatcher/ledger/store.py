@@ -10,9 +10,10 @@ from __future__ import annotations
 from .campaigns import CampaignLedger
 from .counters import COUNT_SHARDS
 from .events import EventLedger
+from .holds import HoldLedger
 from .imports import ImportLedger
-from .moves import MoveLedger
 from .new_deliveries import NewDeliveryLedger, _json_dumps
+from .readdress import ReaddressLedger
 from .records import CampaignRecord, Delivery
 from .redemptions import RedemptionLedger
 from .suppression import SuppressionLedger
@@ -21,6 +22,13 @@ __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"
 
 
 class Ledger(
-    CampaignLedger, NewDeliveryLedger, MoveLedger, ImportLedger, SuppressionLedger, EventLedger, RedemptionLedger
+    CampaignLedger,
+    NewDeliveryLedger,
+    ReaddressLedger,
+    ImportLedger,
+    SuppressionLedger,
+    EventLedger,
+    HoldLedger,
+    RedemptionLedger,
 ):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""

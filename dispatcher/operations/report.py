@@ -32,6 +32,11 @@ COLUMNS = [
     "evidence",
     "row",
     "flags",
+    # Second wave: the first channel's evidence when the delivery moved to the other one (fallback, resend).
+    "first_channel",
+    "first_status",
+    "first_provider_message_id",
+    "fallback_at",
 ]
 
 #: A person counts as notified when a channel reached them (SPEC §10); a complaint proves receipt.
@@ -110,6 +115,10 @@ def _write_row(writer: SafeCsvWriter, d: Delivery, redeemed_at: datetime | None,
             evidence(d),
             d.row_no,
             d.flags,
+            d.first_channel or "",
+            d.first_status or "",
+            d.first_provider_message_id or "",
+            _time(d.fallback_at),
             _time(redeemed_at),
             *reminders,
         ]

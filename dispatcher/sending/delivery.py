@@ -30,12 +30,14 @@ from dispatcher.core.errors import (
 from dispatcher.core.privacy import mask_contact, redact, safe_code, scrub
 from dispatcher.core.states import CLAIMABLE, Channel, Status
 from dispatcher.feedback.apply import PendingLimits, apply_pending
+from dispatcher.ledger.readdress import fallback_owed
 from dispatcher.ledger.store import CampaignRecord, Delivery
 from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
 from dispatcher.runtime import Runtime
 from dispatcher.sending.mime import build_raw
 from dispatcher.sending.reminders import cancel_redeemed_reminders
 from dispatcher.sending.render import Renderer
+from dispatcher.sending.sweep import held_for_send_from
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,8 @@ def _deliver(
     if now >= campaign.send_by:
         ledger.move(delivery_id, Status.EXPIRED, actor="worker", detail="send_by passed before sending")
         return Outcome(Status.EXPIRED)
+    if held_for_send_from(rt, delivery.id, campaign, now):
+        return Outcome(delivery.status)  # back in the ledger, unclaimed: released when send_from comes
     if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
         return Outcome(delivery.status, again_at=delivery.not_before)
     if delivery.channel is Channel.SMS and not campaign.sms_window.contains(now):
@@ -331,7 +335,9 @@ def send_claimed(
             rt, delivery, provider.name, exc, Status.UNKNOWN, f"{who}: outcome unknown, will not resend by itself"
         )
     except PermanentError as exc:
-        outcome = _settle(rt, delivery, provider.name, exc, Status.FAILED, f"{who}: refused for good")
+        # A fallback is owed (if the campaign has one) in the same transaction as the failure.
+        owed: dict[str, object] | None = {"fallback_due_at": clock.now()} if fallback_owed(delivery) else None
+        outcome = _settle(rt, delivery, provider.name, exc, Status.FAILED, f"{who}: refused for good", owed)
         rt.breaker.record_failure(delivery.campaign_id)
         return outcome
     except ProviderError as exc:
@@ -375,7 +381,15 @@ def _kept(exc: ProviderError, delivery: Delivery) -> tuple[str, str]:
     return scrub(str(exc), secrets), safe_code(exc.code, secrets) or ""
 
 
-def _settle(rt: Runtime, delivery: Delivery, provider: str, exc: ProviderError, to: Status, what: str) -> Outcome:
+def _settle(
+    rt: Runtime,
+    delivery: Delivery,
+    provider: str,
+    exc: ProviderError,
+    to: Status,
+    what: str,
+    extra: dict[str, object] | None = None,
+) -> Outcome:
     """Record a send that ended for good (``failed``) or without an answer (``unknown``), with only what may
     be kept of the provider's reply."""
     reason, code = _kept(exc, delivery)
@@ -386,7 +400,7 @@ def _settle(rt: Runtime, delivery: Delivery, provider: str, exc: ProviderError, 
         actor="worker",
         detail=reason,
         provider_code=code,
-        values={"provider": provider, "reason": reason},
+        values={"provider": provider, "reason": reason, **(extra or {})},
     )
     return Outcome(to)
 
