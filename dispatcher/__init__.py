@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dispatcher.intake.enqueue import EnqueueResult
+    from dispatcher.intake.redemptions import RedemptionResult
     from dispatcher.operations.corrections import CorrectionsResult
 
-__all__ = ["enqueue_campaign", "update_contacts"]
+__all__ = ["enqueue_campaign", "record_redemptions", "update_contacts"]
 
 
 def enqueue_campaign(campaign: Any, recipients: Any, **options: Any) -> EnqueueResult:
@@ -71,3 +72,15 @@ def update_contacts(campaign: Any, rows: Any, **options: Any) -> CorrectionsResu
             return run(live)
         finally:
             broker.uninstall()
+
+
+def record_redemptions(campaign_id: str, rows: Any, **options: Any) -> RedemptionResult:
+    """Record the receipt site's redemptions for a campaign (see :mod:`dispatcher.intake.redemptions`).
+
+    ``rows``: a CSV path or an iterable of dicts with ``user_id`` and optional ``redeemed_at`` (ISO 8601;
+    JST when it has no offset). Returns the counts recorded / filled in / already known / rejected and
+    the rejects (unknown user ids, bad times). Idempotent: the same rows again change nothing.
+    """
+    from dispatcher.intake.redemptions import record_redemptions as _record
+
+    return _record(campaign_id, rows, **options)

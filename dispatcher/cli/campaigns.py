@@ -154,7 +154,7 @@ def status(campaign_id: str, as_json: bool) -> None:
 def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
     """When will the rest of the campaign be sent, and is that before send_by?"""
     from dispatcher.ledger import Ledger
-    from dispatcher.operations.plan import make_plan
+    from dispatcher.operations.plan import make_plan, merge_pending
 
     settings = settings_or_exit()
     ledger = Ledger(settings.ledger_url)
@@ -162,12 +162,16 @@ def plan(campaign_id: str, as_json: bool, strict: bool) -> None:
     if record is None:
         fail(_("no campaign '{campaign}' in the ledger").format(campaign=campaign_id), EXIT_FAIL)
         return
+    # Queued reminders go through the same limits: the plan counts them with the campaign's own work.
+    pending = merge_pending(
+        ledger.pending_work(campaign_id), *(ledger.pending_work(c) for c, _ in ledger.child_campaigns(campaign_id))
+    )
     if as_json:
         with speaking("en"):  # the same JSON in every language (the notes included)
-            result = make_plan(record.campaign, ledger.pending_work(campaign_id), settings, clock.now())
+            result = make_plan(record.campaign, pending, settings, clock.now())
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
     else:
-        result = make_plan(record.campaign, ledger.pending_work(campaign_id), settings, clock.now())
+        result = make_plan(record.campaign, pending, settings, clock.now())
         send_from = record.campaign.send_from
         send_by = record.campaign.send_by.isoformat()
         title = _("plan for {campaign} (send_by {send_by})").format(campaign=campaign_id, send_by=send_by)

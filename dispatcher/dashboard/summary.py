@@ -10,7 +10,7 @@ from typing import Any
 from dispatcher.core import clock
 from dispatcher.core.privacy import redact
 from dispatcher.core.states import PENDING, Status
-from dispatcher.operations.plan import Plan, make_plan
+from dispatcher.operations.plan import Plan, make_plan, merge_pending
 from dispatcher.operations.status import campaign_status
 
 from ..runtime import Runtime
@@ -79,7 +79,10 @@ def campaign_view(rt: Runtime, campaign_id: str) -> CampaignView | None:
         return None
     status = campaign_status(ledger, campaign_id)
     counts = {(ch, st): n for ch, by in status["by_channel"].items() for st, n in by.items()}
-    plan = make_plan(record.campaign, queries.pending_work(ledger, campaign_id, counts), rt.settings, clock.now())
+    pending = [queries.pending_work(ledger, campaign_id, counts)]
+    for child, _ in ledger.child_campaigns(campaign_id):  # queued reminders share the campaign's limits
+        pending.append(queries.pending_work(ledger, child, ledger.counts(child)))
+    plan = make_plan(record.campaign, merge_pending(*pending), rt.settings, clock.now())
     return CampaignView(
         id=campaign_id,
         name=record.campaign.name,

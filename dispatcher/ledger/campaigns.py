@@ -76,14 +76,20 @@ class CampaignLedger(BaseLedger):
             dict(row.templates),
             row.state,
             row.state_reason,
+            row.parent_id,
+            row.purpose,
         )
         with self._cache_lock:
             self._campaign_cache[campaign_id] = record
         return record
 
-    def campaign_ids(self) -> list[str]:
+    def campaign_ids(self, *, include_reminders: bool = False) -> list[str]:
+        """Campaigns in the order they were made; reminder runs (children of a campaign) only when asked."""
+        stmt = select(campaigns.c.id).order_by(campaigns.c.created_at)
+        if not include_reminders:
+            stmt = stmt.where(campaigns.c.parent_id.is_(None))
         with self.read() as conn:
-            return list(conn.execute(select(campaigns.c.id).order_by(campaigns.c.created_at)).scalars())
+            return list(conn.execute(stmt).scalars())
 
     def set_campaign_state(self, campaign_id: str, state: str, reason: str | None) -> bool:
         with self.write() as conn:

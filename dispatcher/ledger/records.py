@@ -105,3 +105,6 @@ class CampaignRecord:
     templates: dict[str, str]
     state: str
     state_reason: str | None
+    #: A reminder run's campaign it was made from (None for a campaign of its own) and what it is for.
+    parent_id: str | None = None
+    purpose: str | None = None

@@ -16,6 +16,7 @@ from .new_deliveries import NewDeliveryLedger, _json_dumps
 from .people import PeopleLedger
 from .readdress import ReaddressLedger
 from .records import CampaignRecord, Delivery
+from .redemptions import RedemptionLedger
 from .suppression import SuppressionLedger
 
 __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "_json_dumps"]
@@ -30,5 +31,6 @@ class Ledger(
     EventLedger,
     HoldLedger,
     PeopleLedger,
+    RedemptionLedger,
 ):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""

@@ -48,8 +48,21 @@ def pause(
     if state == "cancelled":
         raise DispatcherError(_("campaign '{campaign}' is cancelled").format(campaign=campaign_id))
     rt.ledger.set_campaign_state(campaign_id, "paused", f"{reason} ({who or operator_name()})")
+    for child in _reminder_runs(rt, campaign_id, but="cancelled"):
+        rt.ledger.set_campaign_state(child, "paused", f"{reason}: campaign {campaign_id} ({who or operator_name()})")
     log.info("campaign %s paused by %s", campaign_id, who or operator_name())
     return OperationResult(campaign_id, "paused")
+
+
+def _reminder_runs(rt: Runtime, campaign_id: str, *, but: str) -> list[str]:
+    """The campaign's reminder runs (its children) not in state ``but``: pause, resume and cancel of a
+    campaign hold, release and cancel its reminders too."""
+    found = []
+    for child, _purpose in rt.ledger.child_campaigns(campaign_id):
+        record = rt.ledger.campaign(child, fresh=True)
+        if record is not None and record.state != but:
+            found.append(child)
+    return found
 
 
 def resume(
@@ -65,6 +78,9 @@ def resume(
         )
     rt.ledger.set_campaign_state(campaign_id, "active", f"resumed by {who or operator_name()}")
     rt.breaker.reset(campaign_id)
+    for child in _reminder_runs(rt, campaign_id, but="cancelled"):
+        rt.ledger.set_campaign_state(child, "active", f"resumed with {campaign_id} by {who or operator_name()}")
+        rt.breaker.reset(child)
     result = sweep(rt, dispatch, everything=True)
     log.info("campaign %s resumed by %s", campaign_id, who or operator_name())
     return OperationResult(campaign_id, "active", result.redispatched)
@@ -74,13 +90,14 @@ def cancel(rt: Runtime, campaign_id: str, *, who: str | None = None) -> Operatio
     """Stop the campaign for good: everything not yet sent becomes ``cancelled``."""
     _require(rt, campaign_id)
     actor = who or operator_name()
-    rt.ledger.set_campaign_state(campaign_id, "cancelled", f"cancelled by {actor}")
     affected = 0
-    while ids := rt.ledger.in_status(campaign_id, CLAIMABLE, limit=5000):
-        moved = [rt.ledger.move(i, Status.CANCELLED, actor=actor, detail="campaign cancelled") for i in ids]
-        affected += sum(m is not None for m in moved)
-        if not any(moved):
-            break
+    for target in [campaign_id, *_reminder_runs(rt, campaign_id, but="")]:
+        rt.ledger.set_campaign_state(target, "cancelled", f"cancelled by {actor}")
+        while ids := rt.ledger.in_status(target, CLAIMABLE, limit=5000):
+            moved = [rt.ledger.move(i, Status.CANCELLED, actor=actor, detail="campaign cancelled") for i in ids]
+            affected += sum(m is not None for m in moved)
+            if not any(moved):
+                break
     log.info("campaign %s cancelled by %s: %d deliveries cancelled", campaign_id, actor, affected)
     return OperationResult(campaign_id, "cancelled", affected)
 

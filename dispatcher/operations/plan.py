@@ -76,6 +76,16 @@ class Plan:
         }
 
 
+def merge_pending(*parts: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Work owed by a campaign and its reminder runs together: they share the same rates and quotas."""
+    merged: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        for channel, (count, units) in part.items():
+            have = merged.get(channel, (0, 0))
+            merged[channel] = (have[0] + count, have[1] + units)
+    return merged
+
+
 def _window_close(window: SmsWindow, instant: datetime) -> datetime:
     local = instant.astimezone(JST)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)

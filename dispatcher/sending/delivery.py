@@ -35,6 +35,7 @@ from dispatcher.ledger.store import CampaignRecord, Delivery
 from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult
 from dispatcher.runtime import Runtime
 from dispatcher.sending.mime import build_raw
+from dispatcher.sending.reminders import cancel_redeemed_reminders
 from dispatcher.sending.render import Renderer
 from dispatcher.sending.sweep import held_for_send_from
 
@@ -98,11 +99,15 @@ def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None
     with rt.ledger.pinned():
         try:
             found = rt.ledger.for_send_many(ids)
+            # Reminders whose person has redeemed since the run was made are settled here, never sent.
+            result.outcomes.update({i: Outcome(s) for i, s in cancel_redeemed_reminders(rt.ledger, found).items()})
             for n, delivery_id in enumerate(ids):
                 if budget is not None and n and time.monotonic() - started > budget:
                     result.left = list(ids[n:])
                     break
                 try:
+                    if delivery_id in result.outcomes:
+                        continue
                     result.outcomes[delivery_id] = _deliver(rt, delivery_id, found.get(delivery_id), after)
                 except Exception as exc:
                     log.warning("delivery %s: %s: %s", delivery_id, type(exc).__name__, redact(str(exc)))
