@@ -207,8 +207,10 @@ def deliveries(ledger: Ledger, campaign_id: str) -> dict[int, tuple[str, int]]:
 # The outbox: what "the provider" got ---------------------------------------------------------------
 def outbox_messages(outbox: Path, campaign_id: str) -> Counter[int]:
     """Messages written per delivery id: e-mails (``<id>.<attempt>.eml``) and SMS (``sms.jsonl`` lines)."""
+    from dispatcher.providers.outbox import _safe
+
     found: Counter[int] = Counter()
-    folder = outbox / "email" / campaign_id
+    folder = outbox / "email" / _safe(campaign_id)  # the outbox's folder name (a reminder run's "~" is "_")
     if folder.is_dir():
         found.update(int(p.name.split(".")[0]) for p in folder.glob("*.eml"))
     lines = outbox / "sms.jsonl"

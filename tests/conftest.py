@@ -20,10 +20,14 @@ AWS_ENV = {
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Every test starts with no DISPATCHER_* or AWS settings and its own data directory."""
+    """Every test starts with no DISPATCHER_* or AWS settings, an English locale and its own data directory."""
     for key in list(os.environ):
         if key.startswith(("DISPATCHER_", "AWS_")):
             monkeypatch.delenv(key)
+    # English unless a test asks for Japanese (tests/test_i18n.py), whatever the developer's own locale is
+    for key in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
     monkeypatch.setenv("DISPATCHER_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("DISPATCHER_CONFIG", str(ROOT / "tests" / "data" / "empty.toml"))
     yield

@@ -96,8 +96,9 @@ def send(rt: Runtime, delivery_id: int, to: Status = Status.SENT, reason: str | 
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """A real uvicorn server for ``app`` in a thread on a free 127.0.0.1 port; yields its base URL."""
+def serving(app: Any, *, access_log: bool = False) -> Iterator[str]:
+    """A real uvicorn server for ``app`` in a thread on a free 127.0.0.1 port; yields its base URL.
+    ``access_log``: uvicorn logs each request line (to the ``uvicorn.access`` logger), as deployed."""
     port = free_port()
     # proxy_headers off as in `dispatcher dashboard`: the app believes X-Forwarded-* from trusted proxies only.
     config = uvicorn.Config(
@@ -105,7 +106,7 @@ def serving(app: Any) -> Iterator[str]:
         host="127.0.0.1",
         port=port,
         log_config=None,
-        access_log=False,
+        access_log=access_log,
         lifespan="off",
         ws="none",
         proxy_headers=False,

@@ -78,6 +78,10 @@ PROTECTED = [
     ("POST", "/campaigns/test-campaign/resume"),
     ("POST", "/campaigns/test-campaign/cancel"),
     ("POST", "/campaigns/test-campaign/resend"),
+    ("POST", "/campaigns/test-campaign/resend-person"),
+    ("POST", "/campaigns/test-campaign/people"),
+    ("GET", "/campaigns/test-campaign/people/U000001"),
+    ("GET", "/api/campaigns/test-campaign/people/U000001"),
     ("POST", "/logout"),
 ]
 

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import signal
 import subprocess
@@ -216,6 +217,27 @@ def test_help_and_demo_run_from_the_installed_package(installed: Installed, outs
     assert list((outside / "demo" / "outbox").rglob("*"))
 
 
+def test_the_installed_package_speaks_japanese_to_office_staff(installed: Installed, outside: Path) -> None:
+    # Given the installed command on a Japanese office PC (the OS need not have the ja_JP locale), and on an
+    # English one
+    ja = base_env(installed, outside, LANG="ja_JP.UTF-8")
+    en = base_env(installed, outside)
+    # When help is asked for and a command is used wrongly
+    helped = run(installed, ["--help"], ja, outside)
+    sub = run(installed, ["status", "--help"], ja, outside)
+    english = run(installed, ["--help"], en, outside)
+    forced = run(installed, ["--help"], {**ja, "DISPATCHER_LANG": "en"}, outside)
+    refused = [run(installed, ["status"], env, outside, code=2) for env in (ja, en)]
+    # Then the catalogue shipped in the package makes help and errors Japanese, click's own texts included
+    assert "使い方:" in helped.stdout and "このヘルプを表示して終了します。" in helped.stdout
+    assert "配信の件数を状態別・チャネル別に表示します。" in helped.stdout and "Usage:" not in helped.stdout
+    assert "機械処理用の出力" in sub.stdout
+    assert "エラー: 引数が足りません" in refused[0].stderr and "Error: Missing argument" in refused[1].stderr
+    # and English stays the default, and DISPATCHER_LANG=en wins over the locale
+    for page in (english, forced):
+        assert "Usage:" in page.stdout and "使い方" not in page.stdout
+
+
 # A campaign through every command ---------------------------------------------------------------
 
 
@@ -378,6 +400,15 @@ def test_a_campaign_through_every_command_of_the_installed_package(
     assert len(by_user) == 11 and all(r["status"] == "sent" and r["provider_message_id"] for r in by_user.values())
     text = report.read_text(encoding="utf-8-sig")
     assert "receive.example.jp" not in text and "user1@example.jp" not in text
+
+    # When the call centre looks a caller up by their phone, typed in full-width digits, and an unknown user
+    found = run(installed, ["person", CAMPAIGN, "--contact", "０９０１００００００３", "--json"], env, outside)
+    run(installed, ["person", CAMPAIGN, "--user", "NOBODY"], env, outside, code=1)
+    # Then the person is found, sent, with the provider's id, and neither the number nor the URL is printed
+    desk = json.loads(found.stdout)
+    assert (desk["user_id"], desk["status"], desk["contact"]) == ("U000003", "sent", "090-****-0003")
+    assert desk["provider_message_ids"] and desk["history"][-1]["to"] == "sent"
+    assert "10000003" not in found.stdout and "receive.example.jp" not in found.stdout
 
     # When SES says one e-mail was delivered and another soft-bounced, through SQS (SNS -> SQS raw delivery)
     sqs = boto3.client(
@@ -552,6 +583,16 @@ def test_the_installed_dashboard_answers_every_route(
         pages = [client.get("/"), client.get(f"/campaigns/{CAMPAIGN}")]
         api = [client.get("/api/campaigns", headers=bearer), client.get(f"/api/campaigns/{CAMPAIGN}", headers=bearer)]
         metrics = client.get("/metrics", headers=bearer)
+        # and a person is searched with the campaign page's form, then shown (page and API)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', pages[1].text)
+        assert csrf, "the campaign page carries the CSRF token"
+        searched = client.post(
+            f"/campaigns/{CAMPAIGN}/people",
+            data={"csrf_token": csrf.group(1), "by": "contact", "q": "user1@example.jp"},
+        )
+        assert searched.status_code == 303 and searched.headers["location"] == f"/campaigns/{CAMPAIGN}/people/U000001"
+        pages.append(client.get(searched.headers["location"]))
+        api.append(client.get(f"/api/campaigns/{CAMPAIGN}/people/U000001", headers=bearer))
         # Then each answers 200 with the campaign in it
         for response in [*pages, *api, metrics]:
             assert response.status_code == 200, (response.url, response.status_code, response.text[:500])
@@ -561,6 +602,7 @@ def test_the_installed_dashboard_answers_every_route(
         detail = api[1].json()
         assert detail["campaign"] == CAMPAIGN and detail["total"] == 6
         assert "# TYPE" in metrics.text
+        assert "us***@example.jp" in pages[2].text and api[2].json()["user_id"] == "U000001"
 
         # When SNS posts a Notification signed with our test certificate from the allowed topic, about a message
         # id we never sent, and the same message claiming another topic

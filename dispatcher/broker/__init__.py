@@ -40,12 +40,21 @@ class keys:
         return f"{keys.prefix}:sweep-lock"
 
     @staticmethod
+    def send_from_sweep(at: str) -> str:
+        """Taken by the one sweeper (across hosts) that releases the work held for the ``send_from`` ``at``."""
+        return f"{keys.prefix}:sweep-send-from:{at}"
+
+    @staticmethod
     def dashboard_signing_key() -> str:
         return f"{keys.prefix}:dashboard:signing-key"
 
     @staticmethod
     def dashboard_session(generation: str, sid: str) -> str:
         return f"{keys.prefix}:dashboard:session:{generation}:{sid}"
+
+    @staticmethod
+    def dashboard_pending_resend(nonce: str) -> str:
+        return f"{keys.prefix}:dashboard:pending-resend:{nonce}"
 
 
 #: What is kept of a traceback that Dramatiq's Retries middleware puts in a retried message: its end.

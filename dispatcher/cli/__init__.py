@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from dispatcher.cli import campaigns, operators, services  # noqa: F401  (register their commands)
+from dispatcher.cli import campaigns, contacts, desk, operators, reminders, services  # noqa: F401  (register their commands)
 from dispatcher.cli.common import EXIT_FAIL, cli, fail
 from dispatcher.core.errors import ConfigError, DispatcherError, InputError
 from dispatcher.core.private import PRIVATE_UMASK

@@ -10,8 +10,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from dispatcher.cli.translated import TranslatedGroup
 from dispatcher.core import clock
 from dispatcher.core.errors import ConfigError
+from dispatcher.core.i18n import N_, _
+from dispatcher.core.labels import shown_channel, shown_status
 from dispatcher.core.privacy import install_log_redaction
 from dispatcher.core.settings import Settings, load_settings
 
@@ -23,7 +26,8 @@ log = logging.getLogger("dispatcher")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    label = _("error:")
+    err.print(f"[bold red]{label}[/] {message}", highlight=False)
     sys.exit(code)
 
 
@@ -58,19 +62,22 @@ def install_runtime(settings: Settings) -> Any:
     return rt
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="dispatcher")
+@click.group(cls=TranslatedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# click's own text, marked here so it is translated when shown (click would fix it in the language of the import)
+@click.version_option(package_name="dispatcher", help=N_("Show the version and exit."))
 def cli() -> None:
     """Send each eligible person one message with their receipt URL, and account for every one."""
 
 
 def status_table(data: dict[str, Any]) -> Table:
-    table = Table(title=f"campaign {data['campaign']} — {data['total']:,} deliveries")
-    table.add_column("state")
+    """The human form of ``status --json``: states and channels named as the dashboard names them in Japanese."""
+    title = _("campaign {campaign} — {total} deliveries").format(campaign=data["campaign"], total=f"{data['total']:,}")
+    table = Table(title=title)
+    table.add_column(_("state"))
     channels = list(data["by_channel"])
     for channel in channels:
-        table.add_column(channel, justify="right")
-    table.add_column("total", justify="right")
+        table.add_column(shown_channel(channel), justify="right")
+    table.add_column(_("total"), justify="right")
     for state, n in sorted(data["by_status"].items()):
-        table.add_row(state, *(f"{data['by_channel'][c].get(state, 0):,}" for c in channels), f"{n:,}")
+        table.add_row(shown_status(state), *(f"{data['by_channel'][c].get(state, 0):,}" for c in channels), f"{n:,}")
     return table

@@ -19,6 +19,7 @@ from rich.console import Console
 from dispatcher.core import clock
 from dispatcher.core.clock import JST
 from dispatcher.core.errors import ConfigError
+from dispatcher.core.i18n import _
 from dispatcher.core.private import private_dir, write_private_text
 from dispatcher.core.settings import Settings
 from dispatcher.core.states import PENDING
@@ -112,19 +113,23 @@ def prepare_directory(directory: Path) -> None:
     the user's by mistake, and the demo must never delete what it did not create.
     """
     if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
-        raise ConfigError(f"demo --dir {directory}: not a folder; choose a new or empty folder")
+        raise ConfigError(_("demo --dir {path}: not a folder; choose a new or empty folder").format(path=directory))
     if directory.is_dir():
         entries = set(os.listdir(directory))
         if entries and DEMO_MARKER not in entries:
             raise ConfigError(
-                f"demo --dir {directory}: the folder is not empty and no demo made it; "
-                "choose a new or empty folder (nothing was deleted)"
+                _(
+                    "demo --dir {path}: the folder is not empty and no demo made it; "
+                    "choose a new or empty folder (nothing was deleted)"
+                ).format(path=directory)
             )
         foreign = sorted(entries - _DEMO_ENTRIES)
         if foreign:
             raise ConfigError(
-                f"demo --dir {directory}: holds {len(foreign)} file(s) the demo did not write "
-                f"(first: {foreign[0]!r}); move them or choose another folder (nothing was deleted)"
+                _(
+                    "demo --dir {path}: holds {count} file(s) the demo did not write "
+                    "(first: {first}); move them or choose another folder (nothing was deleted)"
+                ).format(path=directory, count=len(foreign), first=repr(foreign[0]))
             )
         for name in entries:
             target = directory / name
@@ -162,8 +167,10 @@ def run_demo(settings: Settings, *, size: int, directory: Path, console: Console
     clock.start_at(DEMO_START)
     recipients = directory / "recipients.csv"
     bad = generate_recipients(recipients, size)
-    console.print(f"demo: {size + bad} rows ({bad} bad on purpose) in {recipients}")
-    console.print(f"demo: clock set to {DEMO_START.isoformat()} (the notice's sending period)")
+    console.print(
+        _("demo: {rows} rows ({bad} bad on purpose) in {path}").format(rows=size + bad, bad=bad, path=recipients)
+    )
+    console.print(_("demo: clock set to {start} (the notice's sending period)").format(start=DEMO_START.isoformat()))
 
     with redis_available(demo_settings, persistent=False) as live:
         broker.install(live.redis_url or "")
@@ -174,7 +181,9 @@ def run_demo(settings: Settings, *, size: int, directory: Path, console: Console
         result = enqueue_campaign(
             find_campaign_file(), recipients, settings=live, ledger=rt.ledger, dispatch=dispatch_ids
         )
-        console.print(f"demo: enqueued {result.new} deliveries, rejected {result.rejected}")
+        console.print(
+            _("demo: enqueued {new} deliveries, rejected {rejected}").format(new=result.new, rejected=result.rejected)
+        )
         installed = broker.installed()
         assert installed is not None  # installed by install_runtime above
         worker = dramatiq.Worker(installed, worker_threads=8, worker_timeout=100)
@@ -192,9 +201,14 @@ def run_demo(settings: Settings, *, size: int, directory: Path, console: Console
         rt.close()
     runtime.use(None)
     console.print(status_table(data))
-    console.print(f"outbox (e-mails as .eml, SMS as JSON lines): {demo_settings.outbox_path}")
-    console.print(f"rejected rows with row number and reason:   {result.rejects_path}")
-    console.print(f"ledger (SQLite):                             {demo_settings.ledger_url}")
-    console.print(f"try: DISPATCHER_DATA_DIR={directory} dispatcher status {result.campaign_id}")
+    for label, value in (
+        (_("outbox (e-mails as .eml, SMS as JSON lines):"), demo_settings.outbox_path),
+        (_("rejected rows with row number and reason:"), result.rejects_path),
+        (_("ledger (SQLite):"), demo_settings.ledger_url),
+    ):
+        console.print(f"{label} {value}")
+    console.print(
+        _("try: {command}").format(command=f"DISPATCHER_DATA_DIR={directory} dispatcher status {result.campaign_id}")
+    )
     pending = sum(n for st, n in data["by_status"].items() if st in PENDING)
     return 0 if pending == 0 else 1

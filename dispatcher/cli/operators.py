@@ -19,6 +19,8 @@ from dispatcher.cli.common import (
     settings_or_exit,
 )
 from dispatcher.core import clock
+from dispatcher.core.i18n import N_, _
+from dispatcher.core.labels import shown_campaign_state, shown_channel
 
 
 # operators: pause, resume, cancel --------------------------------------------------------------
@@ -31,7 +33,9 @@ def pause(campaign_id: str) -> None:
     settings = settings_or_exit()
     with redis_available(settings) as live:
         result = operations.pause(install_runtime(live), campaign_id)
-    out.print(f"campaign {result.campaign_id}: {result.state}")
+    out.print(
+        _("campaign {campaign}: {state}").format(campaign=result.campaign_id, state=shown_campaign_state(result.state))
+    )
 
 
 @cli.command()
@@ -46,7 +50,10 @@ def resume(campaign_id: str) -> None:
         from dispatcher.sending.actors import dispatch_ids
 
         result = operations.resume(rt, campaign_id, dispatch_ids)
-    out.print(f"campaign {result.campaign_id}: {result.state}; {result.affected:,} deliveries re-enqueued")
+    done = _("campaign {campaign}: {state}; {count} deliveries re-enqueued")
+    out.print(
+        done.format(campaign=result.campaign_id, state=shown_campaign_state(result.state), count=f"{result.affected:,}")
+    )
 
 
 @cli.command()
@@ -58,10 +65,16 @@ def cancel(campaign_id: str, yes: bool) -> None:
 
     settings = settings_or_exit()
     if not yes and sys.stdin.isatty():
-        click.confirm(f"Cancel campaign {campaign_id}? Unsent deliveries will never be sent", abort=True)
+        click.confirm(
+            _("Cancel campaign {campaign}? Unsent deliveries will never be sent").format(campaign=campaign_id),
+            abort=True,
+        )
     with redis_available(settings) as live:
         result = operations.cancel(install_runtime(live), campaign_id)
-    out.print(f"campaign {result.campaign_id}: {result.state}; {result.affected:,} deliveries cancelled")
+    done = _("campaign {campaign}: {state}; {count} deliveries cancelled")
+    out.print(
+        done.format(campaign=result.campaign_id, state=shown_campaign_state(result.state), count=f"{result.affected:,}")
+    )
 
 
 # feedback, suppression, resend, report --------------------------------------------------------
@@ -76,7 +89,7 @@ def events(once: bool) -> None:
 
     settings = settings_or_exit()
     if not settings.feedback_queue_url:
-        fail("DISPATCHER_FEEDBACK_QUEUE_URL is not set")
+        fail(_("DISPATCHER_FEEDBACK_QUEUE_URL is not set"))
     with redis_available(settings) as live:
         rt = install_runtime(live)
         stop = threading.Event()
@@ -85,11 +98,21 @@ def events(once: bool) -> None:
             stats = consume(rt, settings.feedback_queue_url or "", once=once, stop=stop)
         except KeyboardInterrupt:
             return
-    out.print(
-        f"messages {stats.messages:,}; events {stats.events:,} (duplicates {stats.duplicates:,}, "
-        f"waiting for their send {stats.pending:,}, not understood {stats.unparsable:,}); "
-        + ", ".join(f"{k} {v:,}" for k, v in sorted(stats.outcomes.items()))
+    counts = _(
+        "messages {messages}; events {events} (duplicates {duplicates}, waiting for their send {pending}, "
+        "not understood {unparsable}); "
+    ).format(
+        messages=f"{stats.messages:,}",
+        events=f"{stats.events:,}",
+        duplicates=f"{stats.duplicates:,}",
+        pending=f"{stats.pending:,}",
+        unparsable=f"{stats.unparsable:,}",
     )
+    out.print(counts + ", ".join(f"{_(k)} {v:,}" for k, v in sorted(stats.outcomes.items())))
+
+
+#: The kinds of event outcome `events` counts (dispatcher.feedback.apply), marked for the catalogue.
+EVENT_OUTCOMES = (N_("recorded"), N_("ignored"), N_("moved"), N_("duplicate"), N_("pending"))
 
 
 @cli.group()
@@ -99,17 +122,18 @@ def suppression() -> None:
 
 @suppression.command("list")
 def suppression_list() -> None:
+    """Every suppressed contact (masked), with the reason, who added it and since when."""
     from dispatcher.core.privacy import mask_contact
     from dispatcher.ledger import Ledger
 
     settings = settings_or_exit()
-    table = Table(title="suppression list")
-    for column in ("contact", "channel", "reason", "source", "since"):
+    table = Table(title=_("suppression list"))
+    for column in (_("contact"), _("channel"), _("reason"), _("source"), _("since")):
         table.add_column(column)
     for row in Ledger(settings.ledger_url).suppression_list():
         table.add_row(
             mask_contact(row["channel"], row["contact"]),
-            row["channel"],
+            shown_channel(row["channel"]),
             row["reason"],
             row["source"],
             row["created_at"].astimezone(clock.JST).strftime("%Y-%m-%d %H:%M"),
@@ -130,8 +154,9 @@ def _normalised_contact(contact: str) -> tuple[str, Any]:
 
 @suppression.command("add")
 @click.argument("contact")
-@click.option("--reason", default="added by operator", show_default=True)
+@click.option("--reason", default="added by operator", show_default=True, help="Why, kept with the entry.")
 def suppression_add(contact: str, reason: str) -> None:
+    """Never send to CONTACT (an e-mail address or a phone number) again, in any campaign."""
     from dispatcher.core.privacy import mask_contact
     from dispatcher.ledger import Ledger
     from dispatcher.operations.control import operator_name
@@ -139,19 +164,22 @@ def suppression_add(contact: str, reason: str) -> None:
     settings = settings_or_exit()
     value, channel = _normalised_contact(contact)
     added = Ledger(settings.ledger_url).suppress(value, channel, reason, operator_name())
-    out.print(f"{mask_contact(channel.value, value)}: {'added' if added else 'already on the list'}")
+    done = _("added") if added else _("already on the list")
+    out.print(f"{mask_contact(channel.value, value)}: {done}")
 
 
 @suppression.command("remove")
 @click.argument("contact")
 def suppression_remove(contact: str) -> None:
+    """Take CONTACT off the suppression list (exit 1 when it was not on it)."""
     from dispatcher.core.privacy import mask_contact
     from dispatcher.ledger import Ledger
 
     settings = settings_or_exit()
     value, channel = _normalised_contact(contact)
     removed = Ledger(settings.ledger_url).unsuppress(value)
-    out.print(f"{mask_contact(channel.value, value)}: {'removed' if removed else 'was not on the list'}")
+    done = _("removed") if removed else _("was not on the list")
+    out.print(f"{mask_contact(channel.value, value)}: {done}")
     if not removed:
         sys.exit(EXIT_FAIL)
 
@@ -171,15 +199,41 @@ def suppression_remove(contact: str) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be resent; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def resend(campaign_id: str, statuses: str, channel: str | None, via: str | None, dry_run: bool, yes: bool) -> None:
-    """Queue failed deliveries again (optionally via the other channel)."""
+@click.option("--user", "user_id", help="Only this person (by user_id), from any state but complained.")
+@click.option("--email", help="With --user: send to this corrected e-mail address.")
+@click.option("--phone", help="With --user: send by SMS to this corrected mobile number.")
+@click.option("--reason", help="With --user: why (required; kept in the audit trail).")
+def resend(
+    campaign_id: str,
+    statuses: str,
+    channel: str | None,
+    via: str | None,
+    dry_run: bool,
+    yes: bool,
+    user_id: str | None,
+    email: str | None,
+    phone: str | None,
+    reason: str | None,
+) -> None:
+    """Queue failed deliveries again (optionally via the other channel), or one person with --user."""
     from dispatcher.core.states import Channel, Status
     from dispatcher.operations import control as operations
 
+    if user_id is not None:
+        from dispatcher.cli.contacts import resend_one
+
+        if channel or via or statuses != "failed,expired":
+            fail(_("--user resends one person: --status, --channel and --via do not apply (use --email/--phone)"))
+        resend_one(
+            settings_or_exit(), campaign_id, user_id, email=email, phone=phone, reason=reason, dry_run=dry_run, yes=yes
+        )
+        return
+    if email or phone or reason:
+        fail(_("--email, --phone and --reason go with --user"))
     try:
         wanted = [Status(s.strip()) for s in statuses.split(",") if s.strip()]
     except ValueError as exc:
-        fail(f"--status: {exc}")
+        fail(_("--status: {error}").format(error=exc))
         return
     settings = settings_or_exit()
     with redis_available(settings) as live:
@@ -191,27 +245,40 @@ def resend(campaign_id: str, statuses: str, channel: str | None, via: str | None
         preview = operations.resend(
             rt, campaign_id, None, statuses=wanted, channel=on_channel, via=via_channel, dry_run=True
         )
-        _print_resend(preview, "would resend")
+        _print_resend(preview, N_("would resend"))
         if dry_run or not preview.requeued:
             return
         if not yes:
             if not sys.stdin.isatty():
-                fail("refusing to resend without --yes (no terminal to ask on)", EXIT_FAIL)
-            click.confirm(f"Resend {len(preview.requeued):,} deliveries?", abort=True)
+                fail(_("refusing to resend without --yes (no terminal to ask on)"), EXIT_FAIL)
+            click.confirm(_("Resend {count} deliveries?").format(count=f"{len(preview.requeued):,}"), abort=True)
         done = operations.resend(rt, campaign_id, dispatch_ids, statuses=wanted, channel=on_channel, via=via_channel)
-        _print_resend(done, "re-queued")
+        _print_resend(done, N_("re-queued"))
 
 
 def _print_resend(plan: Any, verb: str) -> None:
-    channels = ", ".join(f"{c} {n:,}" for c, n in sorted(plan.by_channel.items())) or "none"
-    out.print(f"{plan.campaign_id}: {plan.selected:,} selected; {verb} {len(plan.requeued):,} ({channels})")
+    channels = ", ".join(f"{shown_channel(c)} {n:,}" for c, n in sorted(plan.by_channel.items())) or _("none")
+    line = _("{campaign}: {selected} selected; {verb} {count} ({channels})").format(
+        campaign=plan.campaign_id,
+        selected=f"{plan.selected:,}",
+        verb=_(verb),
+        count=f"{len(plan.requeued):,}",
+        channels=channels,
+    )
+    out.print(line)
     for reason, n in sorted(plan.skipped.items()):
-        out.print(f"  skipped {n:,}: {reason}")
+        out.print(_("  skipped {count}: {reason}").format(count=f"{n:,}", reason=_(reason)))
 
 
 @cli.command()
 @click.argument("campaign_id")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The CSV file to write (UTF-8 with a BOM, for Excel).",
+)
 def report(campaign_id: str, out_path: Path) -> None:
     """One row per delivery: who, which channel, what happened, with what evidence (contacts masked)."""
     from dispatcher.ledger import Ledger
@@ -220,9 +287,18 @@ def report(campaign_id: str, out_path: Path) -> None:
     settings = settings_or_exit()
     ledger = Ledger(settings.ledger_url)
     if ledger.campaign(campaign_id) is None:
-        fail(f"no campaign '{campaign_id}' in the ledger", EXIT_FAIL)
+        fail(_("no campaign '{campaign}' in the ledger").format(campaign=campaign_id), EXIT_FAIL)
     summary = write_report(ledger, campaign_id, out_path)
+    written = _(
+        "{rows} deliveries written to {path}; notified {notified}, not (yet) notified {not_notified}; "
+        "rejected at import {rejected}"
+    )
     out.print(
-        f"{summary.rows:,} deliveries written to {out_path}; notified {summary.notified:,}, "
-        f"not (yet) notified {summary.rows - summary.notified:,}; rejected at import {summary.rejected:,}"
+        written.format(
+            rows=f"{summary.rows:,}",
+            path=out_path,
+            notified=f"{summary.notified:,}",
+            not_notified=f"{summary.rows - summary.notified:,}",
+            rejected=f"{summary.rejected:,}",
+        )
     )

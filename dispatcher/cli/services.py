@@ -17,12 +17,15 @@ from dispatcher.cli.common import (
     settings_or_exit,
 )
 from dispatcher.core.errors import ConfigError
+from dispatcher.core.i18n import _
 
 
 # worker and sweep ------------------------------------------------------------------------------
 @cli.command()
-@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 64))
-@click.option("--threads", "-t", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option(
+    "--threads", "-t", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads in each process."
+)
 def worker(processes: int, threads: int) -> None:
     """Run Dramatiq workers that send deliveries (restarted if a process dies)."""
     from dispatcher.sending.worker import run_workers
@@ -43,7 +46,8 @@ def sweep() -> None:
         from dispatcher.sending.actors import dispatch_ids
 
         result = run_sweep(rt, dispatch_ids, everything=True)
-    out.print(f"re-enqueued {result.redispatched:,}; marked unknown {result.unknown:,}")
+    done = _("re-enqueued {redispatched}; marked unknown {unknown}")
+    out.print(done.format(redispatched=f"{result.redispatched:,}", unknown=f"{result.unknown:,}"))
 
 
 # dashboard -------------------------------------------------------------------------------------
@@ -55,8 +59,10 @@ def dashboard(host: str, port: int) -> None:
     settings = settings_or_exit()
     if not settings.dashboard_token:
         fail(
-            "DISPATCHER_DASHBOARD_TOKEN is not set: the dashboard will not start without a token "
-            "(every page, API call and /metrics is authenticated with it)"
+            _(
+                "DISPATCHER_DASHBOARD_TOKEN is not set: the dashboard will not start without a token "
+                "(every page, API call and /metrics is authenticated with it)"
+            )
         )
     from dispatcher.dashboard import check_start, serve
 
@@ -69,7 +75,8 @@ def dashboard(host: str, port: int) -> None:
         rt = install_runtime(live)
         from dispatcher.sending.actors import dispatch_ids
 
-        err.print(f"dashboard: http://{host}:{port}/ (sign in with DISPATCHER_DASHBOARD_TOKEN)", highlight=False)
+        where = _("dashboard: {url} (sign in with DISPATCHER_DASHBOARD_TOKEN)").format(url=f"http://{host}:{port}/")
+        err.print(where, highlight=False)
         serve(rt, dispatch_ids, host=host, port=port)
 
 

@@ -59,6 +59,11 @@ class Campaign:
     #: Free-form values handed to templates (call centre, organiser, category texts...).
     text: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    #: Second wave: a hard-bounced or permanently failed delivery whose row has the other contact is queued
+    #: once on the other channel (actor ``fallback``), before send-by.
+    fallback: bool = False
+    #: Nothing of the campaign leaves before this instant (second wave); None: as soon as it is enqueued.
+    send_from: datetime | None = None
 
     def channel_for(self, has_email: bool, has_phone: bool) -> Channel:
         if has_email and has_phone:
@@ -94,7 +99,7 @@ def parse_campaign(data: dict[str, Any], where: str = "campaign", source: Path |
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-    known = set(REQUIRED) | {"prefer", "sms_max_chars", "sms_window", "text"}
+    known = set(REQUIRED) | {"prefer", "sms_max_chars", "sms_window", "text", "fallback", "send_from"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
@@ -117,10 +122,14 @@ def parse_campaign(data: dict[str, Any], where: str = "campaign", source: Path |
     send_by = _aware("send_by", data["send_by"], where)
     if send_by > deadline:
         raise ConfigError(f"{where}: 'send_by' ({send_by}) is after 'deadline' ({deadline})")
+    send_from = _send_from(data, send_by, deadline, where)
     text = data.get("text", {})
     if not isinstance(text, dict):
         raise ConfigError(f"{where}: 'text' must be a table")
     window = _window(data["sms_window"], where) if "sms_window" in data else SmsWindow(time(9), 1200)
+    fallback = data.get("fallback", False)
+    if not isinstance(fallback, bool):
+        raise ConfigError(f"{where}: 'fallback' must be true or false")
     return Campaign(
         id=data["id"].strip(),
         name=str(data["name"]),
@@ -133,7 +142,21 @@ def parse_campaign(data: dict[str, Any], where: str = "campaign", source: Path |
         sms_window=window,
         text=text,
         source=source,
+        fallback=fallback,
+        send_from=send_from,
     )
+
+
+def _send_from(data: dict[str, Any], send_by: datetime, deadline: datetime, where: str) -> datetime | None:
+    """The optional scheduled start: a date-time with an offset, before send_by (and so before deadline)."""
+    if "send_from" not in data:
+        return None
+    send_from = _aware("send_from", data["send_from"], where)
+    if send_from >= deadline:
+        raise ConfigError(f"{where}: 'send_from' ({send_from}) must be before 'deadline' ({deadline})")
+    if send_from >= send_by:
+        raise ConfigError(f"{where}: 'send_from' ({send_from}) must be before 'send_by' ({send_by})")
+    return send_from
 
 
 def load_campaign(path: str | Path) -> Campaign:
@@ -166,4 +189,6 @@ def campaign_to_dict(c: Campaign) -> dict[str, Any]:
             else f"{c.sms_window.end_minutes // 60:02d}:{c.sms_window.end_minutes % 60:02d}",
         ],
         "text": c.text,
+        "fallback": c.fallback,
+        **({"send_from": c.send_from} if c.send_from is not None else {}),
     }

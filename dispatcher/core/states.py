@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cache
 
 from dispatcher.core.errors import IllegalTransition
 
@@ -48,6 +49,17 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.COMPLAINED: frozenset(),
 }
 
+#: Moves only an operator's explicit act may make (never automatic processing): sending one person their
+#: message again although it went (``sent``, ``delivered``: "it never arrived"), to a corrected contact
+#: (``suppressed``), and re-addressing work not yet sent (``queued``/``retrying`` stay owed one send).
+OPERATOR_TRANSITIONS: dict[Status, frozenset[Status]] = {
+    S.SENT: frozenset({S.QUEUED}),
+    S.DELIVERED: frozenset({S.QUEUED}),
+    S.SUPPRESSED: frozenset({S.QUEUED}),
+    S.QUEUED: frozenset({S.QUEUED}),
+    S.RETRYING: frozenset({S.QUEUED}),
+}
+
 #: States in which nothing more happens without an operator or a provider event.
 SETTLED = frozenset(
     {S.SENT, S.DELIVERED, S.BOUNCED, S.COMPLAINED, S.FAILED, S.EXPIRED, S.SUPPRESSED, S.CANCELLED, S.UNKNOWN}
@@ -58,11 +70,18 @@ CLAIMABLE = frozenset({S.QUEUED, S.RETRYING})
 PENDING = frozenset({S.QUEUED, S.RETRYING, S.SENDING})
 
 
-def sources_of(target: Status) -> frozenset[Status]:
+def allowed(current: Status, *, operator: bool = False) -> frozenset[Status]:
+    """Where a delivery may go from ``current``; ``operator``: by an operator's explicit act."""
+    extra = OPERATOR_TRANSITIONS.get(current, frozenset()) if operator else frozenset()
+    return TRANSITIONS[current] | extra
+
+
+@cache
+def sources_of(target: Status, *, operator: bool = False) -> frozenset[Status]:
     """Every state from which ``target`` may be reached."""
-    return frozenset(src for src, dsts in TRANSITIONS.items() if target in dsts)
+    return frozenset(src for src in Status if target in allowed(src, operator=operator))
 
 
-def check(current: Status, target: Status) -> None:
-    if target not in TRANSITIONS[current]:
+def check(current: Status, target: Status, *, operator: bool = False) -> None:
+    if target not in allowed(current, operator=operator):
         raise IllegalTransition(f"delivery cannot go from {current} to {target}")

@@ -18,7 +18,7 @@ from dispatcher.core.errors import ConfigError
 from dispatcher.core.settings import Settings, weak_secret
 
 from ..runtime import Runtime
-from . import actions, api, feedback_routes, metrics, views
+from . import actions, api, feedback_routes, metrics, people, person_actions, views
 from .auth import Auth
 from .series import SendsPerMinute
 from .sessions import store_for
@@ -121,6 +121,10 @@ def create_app(rt: Runtime, dispatch: Dispatch | None, *, token: str | None = No
         Route("/campaigns/{campaign_id}/resume", actions.resume, methods=["POST"]),
         Route("/campaigns/{campaign_id}/cancel", actions.cancel, methods=["POST"]),
         Route("/campaigns/{campaign_id}/resend", actions.resend, methods=["POST"]),
+        Route("/campaigns/{campaign_id}/people", people.search, methods=["POST"]),
+        Route("/campaigns/{campaign_id}/resend-person", person_actions.resend_person_action, methods=["POST"]),
+        Route("/campaigns/{campaign_id}/people/{user_id:path}", people.person_page, methods=["GET"]),
+        Route("/api/campaigns/{campaign_id}/people/{user_id:path}", people.person_api, methods=["GET"]),
         Route("/api/campaigns", api.campaigns, methods=["GET"]),
         Route("/api/campaigns/{campaign_id}", api.campaign, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),

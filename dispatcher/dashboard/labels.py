@@ -5,42 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from dispatcher.core.clock import JST
-from dispatcher.core.states import Status
 
-#: Display order of delivery states: the way a delivery moves, then the ways it stops.
-STATUS_ORDER: tuple[Status, ...] = (
-    Status.QUEUED,
-    Status.RETRYING,
-    Status.SENDING,
-    Status.SENT,
-    Status.DELIVERED,
-    Status.BOUNCED,
-    Status.COMPLAINED,
-    Status.FAILED,
-    Status.UNKNOWN,
-    Status.EXPIRED,
-    Status.SUPPRESSED,
-    Status.CANCELLED,
-)
-
-STATUS_LABELS: dict[str, str] = {
-    "queued": "送信待ち",
-    "retrying": "再試行待ち",
-    "sending": "送信中",
-    "sent": "送信済み",
-    "delivered": "配達済み",
-    "bounced": "不達（バウンス）",
-    "complained": "迷惑メール報告",
-    "failed": "失敗",
-    "unknown": "結果不明",
-    "expired": "期限切れ",
-    "suppressed": "配信停止",
-    "cancelled": "取消",
-}
-
-CHANNEL_LABELS: dict[str, str] = {"email": "メール", "sms": "SMS"}
-
-CAMPAIGN_STATE_LABELS: dict[str, str] = {"active": "配信中", "paused": "一時停止中", "cancelled": "中止"}
+# The state, channel and campaign-state names are shared with the command line (dispatcher.core.labels).
+from dispatcher.core.labels import CAMPAIGN_STATE_LABELS as CAMPAIGN_STATE_LABELS
+from dispatcher.core.labels import CHANNEL_LABELS as CHANNEL_LABELS
+from dispatcher.core.labels import STATUS_LABELS as STATUS_LABELS
+from dispatcher.core.labels import STATUS_ORDER as STATUS_ORDER
 
 #: Rejection reasons are counted by the CSV field at fault.
 REJECT_FIELD_LABELS: dict[str, str] = {

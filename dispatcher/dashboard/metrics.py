@@ -80,7 +80,7 @@ class LedgerCollector(Collector):
             labels=["campaign"],
         )
         since = clock.now() - WINDOW
-        for campaign_id in ledger.campaign_ids():
+        for campaign_id in ledger.campaign_ids(include_reminders=True):
             record = ledger.campaign(campaign_id, fresh=True)
             for (channel, status), n in sorted(ledger.counts(campaign_id).items()):
                 deliveries.add_metric([campaign_id, channel, status], n)

@@ -10,7 +10,7 @@ from typing import Any
 from dispatcher.core import clock
 from dispatcher.core.privacy import redact
 from dispatcher.core.states import PENDING, Status
-from dispatcher.operations.plan import Plan, make_plan
+from dispatcher.operations.plan import Plan, make_plan, merge_pending
 from dispatcher.operations.status import campaign_status
 
 from ..runtime import Runtime
@@ -21,6 +21,8 @@ from .series import SendsPerMinute
 
 #: Deliveries that went through ``sent`` (the cumulative line of the chart counts these).
 SENT_EVER = (Status.SENT, Status.DELIVERED, Status.BOUNCED, Status.COMPLAINED)
+#: Lists shown one by one: two months of daily lists (web applicants' lists arrive day by day).
+RECENT_IMPORTS = 62
 #: Chart ranges an operator can pick, in minutes.
 CHART_RANGES = (15, 60, 360, 1440)
 
@@ -36,6 +38,13 @@ class CampaignView:
     #: ``campaign_status()``: the SPEC §9 ``status --json`` shape.
     status: dict[str, Any]
     plan: Plan
+    #: The scheduled start (campaign key ``send_from``); None when the campaign has none.
+    send_from: datetime | None = None
+
+    @property
+    def held(self) -> bool:
+        """Sending has not started yet: the campaign's send_from is still ahead."""
+        return self.send_from is not None and self.plan.now < self.send_from
 
     @property
     def total(self) -> int:
@@ -70,7 +79,10 @@ def campaign_view(rt: Runtime, campaign_id: str) -> CampaignView | None:
         return None
     status = campaign_status(ledger, campaign_id)
     counts = {(ch, st): n for ch, by in status["by_channel"].items() for st, n in by.items()}
-    plan = make_plan(record.campaign, queries.pending_work(ledger, campaign_id, counts), rt.settings, clock.now())
+    pending = [queries.pending_work(ledger, campaign_id, counts)]
+    for child, _ in ledger.child_campaigns(campaign_id):  # queued reminders share the campaign's limits
+        pending.append(queries.pending_work(ledger, child, ledger.counts(child)))
+    plan = make_plan(record.campaign, merge_pending(*pending), rt.settings, clock.now())
     return CampaignView(
         id=campaign_id,
         name=record.campaign.name,
@@ -80,6 +92,7 @@ def campaign_view(rt: Runtime, campaign_id: str) -> CampaignView | None:
         deadline=record.campaign.deadline,
         status=status,
         plan=plan,
+        send_from=record.campaign.send_from,
     )
 
 
@@ -98,6 +111,8 @@ def summary_json(view: CampaignView) -> dict[str, Any]:
         "state_reason": view.state_reason,
         "send_by": view.send_by.isoformat(),
         "deadline": view.deadline.isoformat(),
+        "send_from": view.send_from.isoformat() if view.send_from else None,
+        "held_until_send_from": view.held,
         "progress": {
             "done": view.done,
             "pending": view.pending,
@@ -134,7 +149,7 @@ def imports_summary(rt: Runtime, campaign_id: str) -> dict[str, Any]:
                 "rejected": i["rejected"],
                 "rejects_file": PurePath(i["rejects_path"]).name if i["rejects_path"] else None,
             }
-            for i in lists[-10:]
+            for i in lists[-RECENT_IMPORTS:]
         ],
     }
 

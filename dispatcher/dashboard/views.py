@@ -9,10 +9,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from dispatcher.core import clock
 from dispatcher.core.states import Channel, Status
 
 from ..runtime import Runtime
-from . import labels, params, queries
+from . import funnel, labels, params, queries
 from .auth import (
     CSRF_FIELD,
     SESSION_COOKIE,
@@ -144,11 +145,15 @@ async def campaign_page(request: Request) -> Response:
         page_ = queries.delivery_page(
             rt.ledger, campaign_id, status=status, channel=channel, after=after, before=before
         )
+        counts = {(ch, st): n for ch, by in view.status["by_channel"].items() for st, n in by.items()}
+        goal = funnel.build(rt.ledger, campaign_id, counts, view.deadline, clock.now())
         return {
             "view": view,
             "detail": detail_json(rt, view),
             "deliveries": page_,
             "chart_svg": chart(rt, view, minutes, request.app.state.sends),
+            "funnel": goal,
+            "funnel_svg": funnel.funnel_chart(goal),
         }
 
     data = await run_in_threadpool(load)

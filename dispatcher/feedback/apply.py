@@ -22,6 +22,7 @@ from dispatcher.core import clock
 from dispatcher.core.states import Channel, Status
 
 from ..ledger import Ledger
+from ..ledger.readdress import fallback_owed
 from ..ledger.store import Delivery
 from .events import MAX_EVENT_TYPE, SOURCES, Kind, ProviderEvent
 
@@ -42,6 +43,8 @@ TARGET: dict[Kind, Status] = {
 SUPPRESS = {Kind.HARD_BOUNCE: "hard bounce", Kind.COMPLAINT: "complaint", Kind.OPTED_OUT: "opted out"}
 #: Kinds the circuit breaker counts as failures.
 BREAKER = {Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.COMPLAINT}
+#: Kinds after which the other channel is tried once, where the campaign has ``fallback = true``.
+FALLBACK = {Kind.HARD_BOUNCE, Kind.REJECTED, Kind.UNDELIVERABLE}
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,8 @@ def _apply(ledger: Ledger, delivery: Delivery, attempt: int, event: ProviderEven
     if target in (Status.FAILED, Status.BOUNCED, Status.COMPLAINED):
         # Codes only: a provider's free text may echo the receipt URL or the address.
         values["reason"] = f"{event.event_type} {event.code}".strip()[:500]
+    if event.kind in FALLBACK and fallback_owed(delivery):
+        values["fallback_due_at"] = clock.now()  # in the same transaction as the move; the sweep acts on it
     moved = ledger.move(
         delivery.id,
         target,

@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from dispatcher.core.states import Channel
 from dispatcher.intake.contacts import FieldError
 from dispatcher.intake.recipients import Accepted, RecipientFile, Rejected, rows_from_dicts, validate_row
 from dispatcher.intake.rowmap import RowsByHash
-from dispatcher.intake.writer_process import ProcessWriter
+from dispatcher.intake.writer_process import ProcessWriter, hand_over
 from dispatcher.ledger import Ledger
 from dispatcher.sending.render import Renderer, load_template_sources
 
@@ -136,10 +137,16 @@ class _Writer:
     """
 
     def __init__(
-        self, ledger: Ledger, campaign_id: str, dispatch: Dispatch | None, result: EnqueueResult, depth: int = 2
+        self,
+        ledger: Ledger,
+        campaign: Campaign,
+        dispatch: Dispatch | None,
+        result: EnqueueResult,
+        depth: int = 2,
     ) -> None:
         self.ledger = ledger
-        self.campaign_id = campaign_id
+        self.campaign_id = campaign.id
+        self.hold_from = campaign.send_from
         self.dispatch = dispatch
         self.result = result
         self.error: BaseException | None = None
@@ -155,8 +162,7 @@ class _Writer:
             try:
                 new_ids = self.ledger.add_deliveries(self.campaign_id, batch)
                 self.result.already_present += len(batch) - len(new_ids)
-                if new_ids and self.dispatch is not None:
-                    self.dispatch(new_ids)
+                hand_over(self.ledger, new_ids, self.hold_from, self.dispatch)
             except BaseException as exc:  # handed to the caller's thread
                 self.error = exc
 
@@ -176,6 +182,15 @@ class _Writer:
             self._thread.join()
         if raise_error:
             self._raise()
+
+
+def _retime(ledger: Ledger, campaign: Campaign, old: datetime) -> None:
+    """The file's ``send_from`` differs from the one the ledger had: what waited for the old one waits for
+    the new one (moved earlier: it leaves earlier; removed: it is due now). Anything already on the broker
+    meets the worker's own check against the definition just saved."""
+    moved = ledger.retime_held(campaign.id, old, campaign.send_from)
+    new = campaign.send_from.isoformat() if campaign.send_from else "no send_from"
+    log.info("campaign %s: send_from moved from %s to %s; %d held deliveries follow", campaign.id, old, new, moved)
 
 
 def enqueue_campaign(
@@ -225,6 +240,8 @@ def enqueue_campaign(
         if existing is not None and existing.state == "cancelled":
             raise ConfigError(f"campaign '{campaign.id}' is cancelled; nothing can be added to it")
         ledger.save_campaign(campaign, templates)
+        if existing is not None and existing.campaign.send_from not in (None, campaign.send_from):
+            _retime(ledger, campaign, existing.campaign.send_from)
         if dispatch is None:
             from dispatcher.sending.actors import dispatch_ids
 
@@ -242,9 +259,11 @@ def enqueue_campaign(
         and source.size >= PROCESS_WRITER_MIN_BYTES
     ):
         # A large file: the writes get a process (and a core) of their own; see dispatcher.intake.writer_process.
-        ledger_writer = ProcessWriter(settings.ledger_url, settings.redis_url, campaign.id, result)
+        ledger_writer = ProcessWriter(
+            settings.ledger_url, settings.redis_url, campaign.id, result, hold_from=campaign.send_from
+        )
     elif not dry_run and ledger is not None:
-        ledger_writer = _Writer(ledger, campaign.id, dispatch, result)
+        ledger_writer = _Writer(ledger, campaign, dispatch, result)
     switch_interval = sys.getswitchinterval()
     if isinstance(ledger_writer, _Writer) and ledger is not None and ledger.dialect != "sqlite":
         # The writer thread waits on the database server and Redis many times per batch, and each time it must

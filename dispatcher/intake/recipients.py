@@ -11,7 +11,7 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -86,8 +86,9 @@ def _has_undecodable(value: str) -> bool:
 class RecipientFile:
     """Iterates the records of one CSV file as ``(row_number, dict)`` pairs, header = row 1."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, header_check: Callable[[list[str], str], None] | None = None) -> None:
         self.path = path
+        self._header_check = header_check or check_header
         self.size = path.stat().st_size
         self._raw: BinaryIO | None = None
         self._read_at_close = 0
@@ -117,7 +118,7 @@ class RecipientFile:
             except csv.Error as exc:
                 raise InputError(f"{self.path}: header row is not valid CSV: {exc}") from None
             self.header = [h.strip().lower().lstrip("\ufeff") for h in header]
-            check_header(self.header, str(self.path))
+            self._header_check(self.header, str(self.path))
             width = len(self.header)
             row = 1
             try:
@@ -199,12 +200,14 @@ def validate_row(row: int, values: dict[str, str], campaign: Campaign) -> Accept
     return Accepted(row, user_id, channel, email, phone, receipt_url, fields, flags)
 
 
-def rows_from_dicts(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
+def rows_from_dicts(
+    rows: Iterable[dict[str, Any]], header_check: Callable[[list[str], str], None] | None = None
+) -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
     """The Python API's rows, numbered as if they came from a file (first row = 2)."""
     header_checked = False
     for index, raw in enumerate(rows, start=2):
         values = {str(k).strip().lower(): "" if v is None else str(v) for k, v in raw.items()}
         if not header_checked:
-            check_header(list(values), "recipients")
+            (header_check or check_header)(list(values), "recipients")
             header_checked = True
         yield index, values, None

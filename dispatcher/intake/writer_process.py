@@ -11,13 +11,32 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 #: How long the parent waits on the pipe before it checks that the child is still alive (seconds).
 _POLL = 0.5
 
 
-def _serve(ledger_url: str, redis_url: str, campaign_id: str, tasks: Any, results: Any) -> None:
+def hand_over(
+    ledger: Any, ids: list[int], hold_from: datetime | None, dispatch: Callable[[list[int]], None] | None
+) -> None:
+    """New deliveries go to the broker, or, while the campaign's ``send_from`` is ahead, wait in the ledger
+    (no broker message: the sweep hands them over when ``send_from`` comes)."""
+    from dispatcher.core import clock
+
+    if not ids:
+        return
+    if hold_from is not None and clock.now() < hold_from:
+        ledger.hold(ids, hold_from)
+    elif dispatch is not None:
+        dispatch(ids)
+
+
+def _serve(
+    ledger_url: str, redis_url: str, campaign_id: str, tasks: Any, results: Any, hold_from: datetime | None = None
+) -> None:
     """The child: write each batch, hand its new deliveries to the broker; report once at the end."""
     from dispatcher import broker
     from dispatcher.core.privacy import redact
@@ -39,8 +58,7 @@ def _serve(ledger_url: str, redis_url: str, campaign_id: str, tasks: Any, result
         try:
             new_ids = ledger.add_deliveries(campaign_id, batch)  # type: ignore[union-attr]
             present += len(batch) - len(new_ids)
-            if new_ids:
-                dispatch_ids(new_ids)
+            hand_over(ledger, new_ids, hold_from, dispatch_ids)
         except BaseException as exc:
             error = redact(f"{type(exc).__name__}: {exc}")
     if ledger is not None:
@@ -55,7 +73,15 @@ class WriterProcessError(RuntimeError):
 class ProcessWriter:
     """The same contract as enqueue's writer thread: ``submit`` batches in order, ``close`` waits for all."""
 
-    def __init__(self, ledger_url: str, redis_url: str, campaign_id: str, result: Any, depth: int = 2) -> None:
+    def __init__(
+        self,
+        ledger_url: str,
+        redis_url: str,
+        campaign_id: str,
+        result: Any,
+        depth: int = 2,
+        hold_from: datetime | None = None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.result = result
         self._tasks = context.Queue(maxsize=depth)
@@ -64,7 +90,7 @@ class ProcessWriter:
             target=_serve,
             name="enqueue-writer",
             daemon=True,
-            args=(ledger_url, redis_url, campaign_id, self._tasks, self._results),
+            args=(ledger_url, redis_url, campaign_id, self._tasks, self._results, hold_from),
         )
         self._process.start()
         self._outcome: tuple[int, str | None] | None = None

@@ -37,8 +37,9 @@ SETTLE_COLUMNS = (
     "first_sent_at",
     "last_event_at",
     "attempts",
+    "fallback_due_at",
 )
-_TIMES = {"not_before", "first_sent_at", "last_event_at"}
+_TIMES = {"not_before", "first_sent_at", "last_event_at", "fallback_due_at"}
 
 
 @dataclass
@@ -78,10 +79,10 @@ _COUNTED = (
     "ON CONFLICT (campaign_id, channel, status, shard) DO UPDATE SET n = delivery_counts.n + excluded.n)"
 )
 _PG_CLAIM = text(
-    "WITH v AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:froms AS text[]), CAST(:attempts AS integer[])) "
-    "AS v(id, f, a)), "
+    "WITH v AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:froms AS text[]), CAST(:attempts AS integer[]), "
+    "CAST(:contacts AS text[])) AS v(id, f, a, c)), "
     "moved AS (UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, updated_at = :now, "
-    "claim_mark = :mark FROM v WHERE d.id = v.id AND d.status = v.f AND d.attempts = v.a "
+    "claim_mark = :mark FROM v WHERE d.id = v.id AND d.status = v.f AND d.attempts = v.a AND d.contact = v.c "
     "AND (d.not_before IS NULL OR d.not_before <= :now) "
     "RETURNING d.id, d.campaign_id, d.channel, d.attempts, v.f, CAST('sending' AS text) AS t), "
     f"{_COUNTED}, "
@@ -94,13 +95,13 @@ _PG_RECORD = text(
     "CAST(:provider AS text[]), CAST(:provider_message_id AS text[]), CAST(:provider_code AS text[]), "
     "CAST(:reason AS text[]), CAST(:not_before AS timestamp[]), CAST(:sms_parts AS integer[]), "
     "CAST(:first_sent_at AS timestamp[]), CAST(:last_event_at AS timestamp[]), CAST(:attempts AS integer[]), "
-    "CAST(:new_message AS text[]), CAST(:at AS timestamp[])) "
+    "CAST(:new_message AS text[]), CAST(:at AS timestamp[]), CAST(:fallback_due_at AS timestamp[])) "
     "AS v(id, expect, t, provider, provider_message_id, provider_code, reason, not_before, sms_parts, "
-    "first_sent_at, last_event_at, attempts, new_message, at)), "
+    "first_sent_at, last_event_at, attempts, new_message, at, fallback_due_at)), "
     "moved AS (UPDATE deliveries d SET status = v.t, provider = v.provider, "
     "provider_message_id = v.provider_message_id, provider_code = v.provider_code, reason = v.reason, "
     "not_before = v.not_before, sms_parts = v.sms_parts, first_sent_at = v.first_sent_at, "
-    "last_event_at = v.last_event_at, attempts = v.attempts, updated_at = v.at "
+    "last_event_at = v.last_event_at, attempts = v.attempts, fallback_due_at = v.fallback_due_at, updated_at = v.at "
     "FROM v WHERE d.id = v.id AND d.status = 'sending' AND d.attempts = v.expect "
     "RETURNING d.id, d.campaign_id, d.channel, d.attempts, CAST('sending' AS text) AS f, v.t, v.provider, "
     "v.new_message, v.at), "
@@ -141,6 +142,7 @@ class BatchLedger(BaseLedger):
                 "ids": list(wanted),
                 "froms": [d.status.value for d in wanted.values()],
                 "attempts": [d.attempts for d in wanted.values()],
+                "contacts": [d.contact for d in wanted.values()],
                 "now": now,
                 "mark": mark,
                 "actor": actor,
@@ -158,6 +160,7 @@ class BatchLedger(BaseLedger):
                             deliveries.c.id == d.id,
                             deliveries.c.status == d.status.value,
                             deliveries.c.attempts == d.attempts,
+                            deliveries.c.contact == d.contact,  # a re-addressed delivery is read again first
                             (deliveries.c.not_before.is_(None)) | (deliveries.c.not_before <= now),
                         )
                         .values(status=Status.SENDING.value, attempts=d.attempts + 1, updated_at=now, claim_mark=mark)

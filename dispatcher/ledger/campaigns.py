@@ -20,11 +20,22 @@ log = logging.getLogger(__name__)
 
 
 class CampaignLedger(BaseLedger):
-    def save_campaign(self, campaign: Campaign, templates: dict[str, str]) -> None:
+    def save_campaign(
+        self,
+        campaign: Campaign,
+        templates: dict[str, str],
+        *,
+        parent_id: str | None = None,
+        purpose: str | None = None,
+    ) -> None:
+        """Record (or update) a campaign. ``parent_id``/``purpose``: a run made for another campaign (a
+        reminder run: ``purpose="reminder:<template>"``); set when the record is first written."""
         now = clock.now()
         definition = campaign_to_dict(campaign)
         definition["deadline"] = campaign.deadline.isoformat()
         definition["send_by"] = campaign.send_by.isoformat()
+        if campaign.send_from is not None:
+            definition["send_from"] = campaign.send_from.isoformat()
         stmt = self._insert(campaigns).values(
             id=campaign.id,
             name=campaign.name,
@@ -33,6 +44,8 @@ class CampaignLedger(BaseLedger):
             state="active",
             created_at=now,
             updated_at=now,
+            parent_id=parent_id,
+            purpose=purpose,
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=[campaigns.c.id],
@@ -56,19 +69,27 @@ class CampaignLedger(BaseLedger):
         definition = dict(row.definition)
         definition["deadline"] = datetime.fromisoformat(definition["deadline"])
         definition["send_by"] = datetime.fromisoformat(definition["send_by"])
+        if definition.get("send_from") is not None:
+            definition["send_from"] = datetime.fromisoformat(definition["send_from"])
         record = CampaignRecord(
             parse_campaign(definition, where=f"ledger campaign {campaign_id}"),
             dict(row.templates),
             row.state,
             row.state_reason,
+            row.parent_id,
+            row.purpose,
         )
         with self._cache_lock:
             self._campaign_cache[campaign_id] = record
         return record
 
-    def campaign_ids(self) -> list[str]:
+    def campaign_ids(self, *, include_reminders: bool = False) -> list[str]:
+        """Campaigns in the order they were made; reminder runs (children of a campaign) only when asked."""
+        stmt = select(campaigns.c.id).order_by(campaigns.c.created_at)
+        if not include_reminders:
+            stmt = stmt.where(campaigns.c.parent_id.is_(None))
         with self.read() as conn:
-            return list(conn.execute(select(campaigns.c.id).order_by(campaigns.c.created_at)).scalars())
+            return list(conn.execute(stmt).scalars())
 
     def set_campaign_state(self, campaign_id: str, state: str, reason: str | None) -> bool:
         with self.write() as conn:

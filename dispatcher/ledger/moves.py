@@ -46,6 +46,7 @@ class MoveLedger(DeliveryLedger):
             conditions += [
                 deliveries.c.attempts == bindparam("_attempts"),
                 deliveries.c.channel == bindparam("_channel"),
+                deliveries.c.contact == bindparam("_contact"),
             ]
         if claim:
             new_values = {**new_values, "attempts": deliveries.c.attempts + 1}
@@ -82,7 +83,11 @@ class MoveLedger(DeliveryLedger):
         sets = [f"{k} = :v_{k}" for k in keys] + (["attempts = deliveries.attempts + 1"] if claim else [])
         where = ["deliveries.id = :_id", "deliveries.status = :_from"]
         if exact:
-            where += ["deliveries.attempts = :_attempts", "deliveries.channel = :_channel"]
+            where += [
+                "deliveries.attempts = :_attempts",
+                "deliveries.channel = :_channel",
+                "deliveries.contact = :_contact",
+            ]
         if claim:
             where.append("(deliveries.not_before IS NULL OR deliveries.not_before <= :_now)")
         sql = [
@@ -131,6 +136,7 @@ class MoveLedger(DeliveryLedger):
         now: datetime | None = None,
         values: dict[str, Any] | None = None,
         current: Delivery | None = None,
+        operator: bool = False,
         _claim: bool = False,
     ) -> Delivery | None:
         """Move a delivery to ``to`` if the state table allows it from its current state.
@@ -138,10 +144,12 @@ class MoveLedger(DeliveryLedger):
         ``expect`` narrows the states it may come from. Returns the delivery after the move, or None when
         it was not in a state this move may start from (someone else moved it first: not an error).
         ``current`` is the delivery as the caller last read (or moved) it, which spares reading it again:
-        the compare-and-set then also requires its attempt count and channel, and when the row is no longer
+        the compare-and-set then also requires its attempt count, channel and contact (a re-addressed
+        delivery is never sent to the contact the caller read), and when the row is no longer
         like that the move reads it and decides as if it had not been given.
+        ``operator``: the move is an operator's explicit act and may use :data:`OPERATOR_TRANSITIONS`.
         """
-        allowed = sources_of(to)
+        allowed = sources_of(to, operator=operator)
         if expect is not None:
             allowed = allowed & frozenset(expect)
         now = now or clock.now()
@@ -164,7 +172,7 @@ class MoveLedger(DeliveryLedger):
                     raise IllegalTransition(f"delivery {delivery_id} does not exist")
                 if current.status not in allowed:
                     return None
-            check(current.status, to)
+            check(current.status, to, operator=operator)
             attempt = current.attempts + (1 if _claim else 0)
             channel = str((values or {}).get("channel", current.channel.value))
             message_id = (values or {}).get("provider_message_id")
@@ -173,8 +181,10 @@ class MoveLedger(DeliveryLedger):
                 _from=current.status.value,
                 _attempts=current.attempts,
                 _channel=current.channel.value,
+                _contact=current.contact,
                 _now=now,
             )
+            from_shard = random.randrange(COUNT_SHARDS)
             record = {
                 "campaign_id": current.campaign_id,
                 "at": now,
@@ -185,8 +195,10 @@ class MoveLedger(DeliveryLedger):
                 "provider_code": provider_code,
                 "detail": detail,
                 "actor": actor,
-                "from_shard": random.randrange(COUNT_SHARDS),
-                "to_shard": random.randrange(COUNT_SHARDS),
+                "from_shard": from_shard,
+                # Never the same shard: a move that keeps its channel and state (an operator's re-address of
+                # a queued delivery) would otherwise touch one counter row twice in one statement.
+                "to_shard": (from_shard + random.randrange(1, COUNT_SHARDS)) % COUNT_SHARDS,
                 "message_id": message_id,
                 "provider": str((values or {}).get("provider") or current.provider or "?"),
             }

@@ -37,6 +37,11 @@ class Delivery:
     sms_parts: int | None
     first_sent_at: datetime | None
     last_event_at: datetime | None
+    fallback_due_at: datetime | None = None
+    fallback_at: datetime | None = None
+    first_channel: str | None = None
+    first_status: str | None = None
+    first_provider_message_id: str | None = None
 
     def __repr__(self) -> str:  # keeps contacts and the URL out of tracebacks and logs
         return f"Delivery(id={self.id}, campaign={self.campaign_id!r}, status={self.status})"
@@ -67,6 +72,11 @@ class Delivery:
             sms_parts=m["sms_parts"],
             first_sent_at=m["first_sent_at"],
             last_event_at=m["last_event_at"],
+            fallback_due_at=m.get("fallback_due_at"),
+            fallback_at=m.get("fallback_at"),
+            first_channel=m.get("first_channel"),
+            first_status=m.get("first_status"),
+            first_provider_message_id=m.get("first_provider_message_id"),
         )
 
 
@@ -95,3 +105,6 @@ class CampaignRecord:
     templates: dict[str, str]
     state: str
     state_reason: str | None
+    #: A reminder run's campaign it was made from (None for a campaign of its own) and what it is for.
+    parent_id: str | None = None
+    purpose: str | None = None

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 
 
@@ -102,6 +103,17 @@ deliveries = Table(
     Column("last_event_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    #: Second wave, automatic fallback: set in the same transaction as a hard bounce or permanent failure of a
+    #: row that has the other contact (the fallback is owed; the sweep finds it if its message was lost) ...
+    Column("fallback_due_at", UTCDateTime),
+    #: ... and when it was queued on the other channel (never twice), with the first channel's evidence.
+    Column("fallback_at", UTCDateTime),
+    Column("first_channel", String(8)),
+    Column("first_status", String(16)),
+    Column("first_provider_message_id", String(200)),
+    #: Second wave: the row's inquiry number (NFKC), copied out of ``fields`` at enqueue so the call centre's
+    #: desk finds a person by it through an index. Rows written before the column existed have NULL here.
+    Column("inquiry_no", Text),
     #: Set by a batch claim: ``<send-mark epoch>/<batch token>``, where the sweep reads what the worker did
     #: (dispatcher/sending/marks.py). NULL: claimed without marks (the sweep then says ``unknown``).
     Column("claim_mark", String(120)),
@@ -109,6 +121,16 @@ deliveries = Table(
     Index("ix_deliveries_campaign_status", "campaign_id", "status", "channel"),
     Index("ix_deliveries_status_not_before", "status", "not_before"),
     Index("ix_deliveries_provider_message", "provider_message_id"),
+    Index("ix_deliveries_fallback_due", "fallback_due_at"),
+    #: Partial: most rows have no inquiry number, and a row without one costs the index nothing at enqueue.
+    Index(
+        "ix_deliveries_campaign_inquiry",
+        "campaign_id",
+        "inquiry_no",
+        postgresql_where=text("inquiry_no IS NOT NULL"),
+        sqlite_where=text("inquiry_no IS NOT NULL"),
+    ),
+    Index("ix_deliveries_campaign_contact", "campaign_id", "contact"),
 )
 
 #: Append-only audit trail: every state change with time, attempt and provider code.
@@ -170,6 +192,8 @@ provider_messages = Table(
     Column("attempt", Integer, nullable=False),
     Column("provider", String(32), nullable=False),
     Column("sent_at", UTCDateTime, nullable=False),
+    #: Every attempt's message id of one delivery, for the person desk.
+    Index("ix_provider_messages_delivery", "delivery_id"),
 )
 
 #: Provider events as received (deduplicated). ``applied`` is false while the event waits for its send to

@@ -11,14 +11,28 @@ from .batches import BatchLedger, Settle
 from .campaigns import CampaignLedger
 from .counters import COUNT_SHARDS
 from .events import EventLedger
+from .holds import HoldLedger
 from .imports import ImportLedger
-from .moves import MoveLedger
 from .new_deliveries import NewDeliveryLedger, _json_dumps
+from .people import PeopleLedger
+from .readdress import ReaddressLedger
 from .records import CampaignRecord, Delivery
+from .redemptions import RedemptionLedger
 from .suppression import SuppressionLedger
 
 __all__ = ["COUNT_SHARDS", "CampaignRecord", "Delivery", "Ledger", "Settle", "_json_dumps"]
 
 
-class Ledger(CampaignLedger, NewDeliveryLedger, MoveLedger, BatchLedger, ImportLedger, SuppressionLedger, EventLedger):
+class Ledger(
+    CampaignLedger,
+    NewDeliveryLedger,
+    ReaddressLedger,
+    BatchLedger,
+    ImportLedger,
+    SuppressionLedger,
+    EventLedger,
+    HoldLedger,
+    PeopleLedger,
+    RedemptionLedger,
+):
     """The ledger, composed of its parts (each a mixin over :class:`~.connection.BaseLedger`)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from dispatcher.core import clock
 from dispatcher.core.errors import DispatcherError
+from dispatcher.core.i18n import N_, _
 from dispatcher.core.states import CLAIMABLE, Channel, Status
 from dispatcher.runtime import Runtime
 
@@ -36,7 +37,7 @@ class OperationResult:
 def _require(rt: Runtime, campaign_id: str) -> str:
     record = rt.ledger.campaign(campaign_id, fresh=True)
     if record is None:
-        raise DispatcherError(f"no campaign '{campaign_id}' in the ledger")
+        raise DispatcherError(_("no campaign '{campaign}' in the ledger").format(campaign=campaign_id))
     return record.state
 
 
@@ -45,10 +46,23 @@ def pause(
 ) -> OperationResult:
     state = _require(rt, campaign_id)
     if state == "cancelled":
-        raise DispatcherError(f"campaign '{campaign_id}' is cancelled")
+        raise DispatcherError(_("campaign '{campaign}' is cancelled").format(campaign=campaign_id))
     rt.ledger.set_campaign_state(campaign_id, "paused", f"{reason} ({who or operator_name()})")
+    for child in _reminder_runs(rt, campaign_id, but="cancelled"):
+        rt.ledger.set_campaign_state(child, "paused", f"{reason}: campaign {campaign_id} ({who or operator_name()})")
     log.info("campaign %s paused by %s", campaign_id, who or operator_name())
     return OperationResult(campaign_id, "paused")
+
+
+def _reminder_runs(rt: Runtime, campaign_id: str, *, but: str) -> list[str]:
+    """The campaign's reminder runs (its children) not in state ``but``: pause, resume and cancel of a
+    campaign hold, release and cancel its reminders too."""
+    found = []
+    for child, _purpose in rt.ledger.child_campaigns(campaign_id):
+        record = rt.ledger.campaign(child, fresh=True)
+        if record is not None and record.state != but:
+            found.append(child)
+    return found
 
 
 def resume(
@@ -59,9 +73,14 @@ def resume(
 
     state = _require(rt, campaign_id)
     if state == "cancelled":
-        raise DispatcherError(f"campaign '{campaign_id}' is cancelled and cannot be resumed")
+        raise DispatcherError(
+            _("campaign '{campaign}' is cancelled and cannot be resumed").format(campaign=campaign_id)
+        )
     rt.ledger.set_campaign_state(campaign_id, "active", f"resumed by {who or operator_name()}")
     rt.breaker.reset(campaign_id)
+    for child in _reminder_runs(rt, campaign_id, but="cancelled"):
+        rt.ledger.set_campaign_state(child, "active", f"resumed with {campaign_id} by {who or operator_name()}")
+        rt.breaker.reset(child)
     result = sweep(rt, dispatch, everything=True)
     log.info("campaign %s resumed by %s", campaign_id, who or operator_name())
     return OperationResult(campaign_id, "active", result.redispatched)
@@ -71,13 +90,14 @@ def cancel(rt: Runtime, campaign_id: str, *, who: str | None = None) -> Operatio
     """Stop the campaign for good: everything not yet sent becomes ``cancelled``."""
     _require(rt, campaign_id)
     actor = who or operator_name()
-    rt.ledger.set_campaign_state(campaign_id, "cancelled", f"cancelled by {actor}")
     affected = 0
-    while ids := rt.ledger.in_status(campaign_id, CLAIMABLE, limit=5000):
-        moved = [rt.ledger.move(i, Status.CANCELLED, actor=actor, detail="campaign cancelled") for i in ids]
-        affected += sum(m is not None for m in moved)
-        if not any(moved):
-            break
+    for target in [campaign_id, *_reminder_runs(rt, campaign_id, but="")]:
+        rt.ledger.set_campaign_state(target, "cancelled", f"cancelled by {actor}")
+        while ids := rt.ledger.in_status(target, CLAIMABLE, limit=5000):
+            moved = [rt.ledger.move(i, Status.CANCELLED, actor=actor, detail="campaign cancelled") for i in ids]
+            affected += sum(m is not None for m in moved)
+            if not any(moved):
+                break
     log.info("campaign %s cancelled by %s: %d deliveries cancelled", campaign_id, actor, affected)
     return OperationResult(campaign_id, "cancelled", affected)
 
@@ -94,7 +114,7 @@ class ResendPlan:
     dry_run: bool
     selected: int = 0
     requeued: list[int] = field(default_factory=list)
-    #: reason -> count of deliveries left alone
+    #: reason (in English, marked for the catalogue; shown with ``_()``) -> count of deliveries left alone
     skipped: dict[str, int] = field(default_factory=dict)
     by_channel: dict[str, int] = field(default_factory=dict)
 
@@ -122,7 +142,7 @@ def resend(
 
     state = _require(rt, campaign_id)
     if state == "cancelled":
-        raise DispatcherError(f"campaign '{campaign_id}' is cancelled")
+        raise DispatcherError(_("campaign '{campaign}' is cancelled").format(campaign=campaign_id))
     wanted = frozenset(statuses) - NEVER_RESEND
     actor = who or operator_name()
     plan = ResendPlan(campaign_id, dry_run)
@@ -139,17 +159,19 @@ def resend(
         if target is not delivery.channel:
             contact = (delivery.phone if target is Channel.SMS else delivery.email) or ""
             if not contact:
-                plan.skip(f"no {target.value} contact on the row")
+                plan.skip(
+                    N_("no sms contact on the row") if target is Channel.SMS else N_("no email contact on the row")
+                )
                 continue
             values.update(channel=target.value, contact=contact, provider=None, provider_message_id=None)
             if target is Channel.SMS:
                 text = renderer.sms(delivery.fields, delivery.receipt_url)
                 if sms.length(text) > record.campaign.sms_max_chars:
-                    plan.skip("SMS longer than the campaign allows")
+                    plan.skip(N_("SMS longer than the campaign allows"))
                     continue
                 values["sms_parts"] = sms.parts(text)
         if rt.ledger.is_suppressed(contact):
-            plan.skip("contact on the suppression list")
+            plan.skip(N_("contact on the suppression list"))
             continue
         plan.by_channel[target.value] = plan.by_channel.get(target.value, 0) + 1
         if dry_run:
@@ -164,7 +186,7 @@ def resend(
             values=values,
         )
         if moved is None:
-            plan.skip("changed while resending")
+            plan.skip(N_("changed while resending"))
             continue
         plan.requeued.append(delivery.id)
     if not dry_run and plan.requeued and dispatch is not None:

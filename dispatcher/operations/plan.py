@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from dispatcher.core.campaign import Campaign, SmsWindow
 from dispatcher.core.clock import JST
+from dispatcher.core.i18n import _
 from dispatcher.core.settings import Settings
 
 DAY = timedelta(days=1)
@@ -25,7 +26,7 @@ class ChannelPlan:
     rate: float | None
     daily_quota: int | None
     finish: datetime | None  # None: nothing to send
-    note: str
+    note: str  # in the user's language (``plan --json`` is built in English)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,13 @@ class Plan:
     now: datetime
     send_by: datetime
     channels: list[ChannelPlan]
+    #: The campaign's scheduled start (None: none set).
+    send_from: datetime | None = None
+
+    @property
+    def starts(self) -> datetime:
+        """When sending starts: now, or the campaign's send_from while it is ahead."""
+        return max(self.now, self.send_from) if self.send_from is not None else self.now
 
     @property
     def finish(self) -> datetime | None:
@@ -49,6 +57,8 @@ class Plan:
             "campaign": self.campaign_id,
             "now": self.now.isoformat(),
             "send_by": self.send_by.isoformat(),
+            "send_from": self.send_from.isoformat() if self.send_from else None,
+            "starts": self.starts.isoformat(),
             "finish": self.finish.isoformat() if self.finish else None,
             "will_finish": self.will_finish,
             "channels": [
@@ -66,6 +76,16 @@ class Plan:
         }
 
 
+def merge_pending(*parts: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Work owed by a campaign and its reminder runs together: they share the same rates and quotas."""
+    merged: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        for channel, (count, units) in part.items():
+            have = merged.get(channel, (0, 0))
+            merged[channel] = (have[0] + count, have[1] + units)
+    return merged
+
+
 def _window_close(window: SmsWindow, instant: datetime) -> datetime:
     local = instant.astimezone(JST)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -80,7 +100,7 @@ def finish_time(
         return start  # no cap: as fast as the workers go
     now, left = start, float(units)
     block_start, block_used = start, 0.0  # quota counted in 24-hour blocks from now: conservative
-    for _ in range(100_000):
+    for _step in range(100_000):
         if window is not None and not window.always and not window.contains(now):
             now = window.next_opening(now)
         while now >= block_start + DAY:
@@ -100,6 +120,8 @@ def finish_time(
 
 
 def make_plan(campaign: Campaign, pending: dict[str, tuple[int, int]], settings: Settings, now: datetime) -> Plan:
+    """The finish estimate counts from ``max(now, send_from)``: nothing leaves before the scheduled start."""
+    start = max(now, campaign.send_from) if campaign.send_from is not None else now
     channels = []
     for channel in ("email", "sms"):
         count, parts = pending.get(channel, (0, 0))
@@ -113,18 +135,21 @@ def make_plan(campaign: Campaign, pending: dict[str, tuple[int, int]], settings:
                 campaign.sms_window,
             )
         if count == 0:
-            channels.append(ChannelPlan(channel, 0, 0, rate, quota, None, "nothing left to send"))
+            channels.append(ChannelPlan(channel, 0, 0, rate, quota, None, _("nothing left to send")))
             continue
-        finish = finish_time(units, rate, quota, now, window)
+        finish = finish_time(units, rate, quota, start, window)
         notes = []
+        if start > now:
+            notes.append(_("held until send_from {at} JST").format(at=f"{start.astimezone(JST):%Y-%m-%d %H:%M}"))
         if rate is None:
-            notes.append("no rate cap set: as fast as the workers go")
+            notes.append(_("no rate cap set: as fast as the workers go"))
         if channel == "sms" and window is not None and not window.always:
-            notes.append(f"SMS only inside the {_fmt_window(window)} JST window")
+            notes.append(_("SMS only inside the {window} JST window").format(window=_fmt_window(window)))
         if quota is not None and units > quota:
-            notes.append(f"needs {math.ceil(units / quota)} days of the {quota:,}/day quota")
-        channels.append(ChannelPlan(channel, count, units, rate, quota, finish, "; ".join(notes)))
-    return Plan(campaign.id, now, campaign.send_by, channels)
+            days = _("needs {days} days of the {quota}/day quota")
+            notes.append(days.format(days=math.ceil(units / quota), quota=f"{quota:,}"))
+        channels.append(ChannelPlan(channel, count, units, rate, quota, finish, _("; ").join(notes)))
+    return Plan(campaign.id, now, campaign.send_by, channels, campaign.send_from)
 
 
 def _fmt_window(window: SmsWindow) -> str:

@@ -18,7 +18,9 @@ from dispatcher.core import clock
 from dispatcher.core.errors import ConfigError
 from dispatcher.core.privacy import RedactingFilter
 from dispatcher.core.settings import load_settings
-from dispatcher.sending.delivery import deliver, deliver_many
+from dispatcher.core.states import Status
+from dispatcher.sending import fallback as _fallback
+from dispatcher.sending.delivery import Outcome, deliver, deliver_many
 
 #: Delays longer than this are not parked in the broker (workers would hold them in memory);
 #: the periodic sweep finds such deliveries in the ledger when they are due.
@@ -54,6 +56,7 @@ def send_delivery(delivery_id: int) -> None:
     outcome = deliver(runtime.current(), delivery_id)
     if outcome.again_at is not None:
         schedule(delivery_id, outcome.again_at)
+    _after_failures({delivery_id: outcome})
 
 
 @dramatiq.actor(queue_name=_broker.QUEUE, max_retries=5, min_backoff=1_000, max_backoff=30_000, time_limit=300_000)
@@ -68,8 +71,22 @@ def send_deliveries(delivery_ids: list[int]) -> None:
             schedule(delivery_id, outcome.again_at)
     if result.left:
         dispatch_ids(result.left)
+    _after_failures(result.outcomes)
     if result.error is not None:
         raise result.error
+
+
+@dramatiq.actor(queue_name=_broker.QUEUE, max_retries=5, min_backoff=1_000, max_backoff=30_000, time_limit=60_000)
+def fallback(delivery_id: int) -> None:
+    """Queue a failed delivery once on the other channel, where its campaign says so (see sending.fallback)."""
+    _fallback.fall_back(runtime.current(), delivery_id, dispatch_ids)
+
+
+def _after_failures(outcomes: dict[int, Outcome]) -> None:
+    """A delivery that failed may be owed a fallback: the actor decides (the ledger says whether it is owed)."""
+    for delivery_id, outcome in outcomes.items():
+        if outcome.status is Status.FAILED:
+            fallback.send(delivery_id)
 
 
 def schedule(delivery_id: int, at: object) -> None:

@@ -12,19 +12,13 @@ provider call (see :mod:`dispatcher.sending.delivery`), so slots count from the 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dispatcher.core.states import Channel, Status
 from dispatcher.ledger.store import CampaignRecord, Delivery
 from dispatcher.runtime import Runtime
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: Status | None
-    #: When the delivery should be looked at again (a retry or a held SMS), else None.
-    again_at: datetime | None = None
+from dispatcher.sending.outcomes import Outcome
+from dispatcher.sending.sweep import held_for_send_from
 
 
 def before_claim(
@@ -41,6 +35,8 @@ def before_claim(
     if now >= campaign.send_by:
         ledger.move(delivery.id, Status.EXPIRED, actor="worker", detail="send_by passed before sending")
         return Outcome(Status.EXPIRED)
+    if held_for_send_from(rt, delivery.id, campaign, now):
+        return Outcome(delivery.status)  # back in the ledger, unclaimed: released when send_from comes
     if delivery.not_before and delivery.not_before > now + timedelta(seconds=1):
         return Outcome(delivery.status, again_at=delivery.not_before)
     if delivery.channel is Channel.SMS and not campaign.sms_window.contains(now):

@@ -28,14 +28,16 @@ from dispatcher.core.errors import AmbiguousOutcome, PermanentError, ProviderErr
 from dispatcher.core.privacy import mask_contact, redact
 from dispatcher.core.states import CLAIMABLE, Channel, Status
 from dispatcher.feedback.apply import PendingLimits, apply_pending
+from dispatcher.ledger.readdress import fallback_owed
 from dispatcher.ledger.store import CampaignRecord, Delivery, Settle
 from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms
 from dispatcher.runtime import Runtime
 from dispatcher.sending import marks as send_marks
 from dispatcher.sending import outcomes
-from dispatcher.sending.checks import Outcome, before_claim
+from dispatcher.sending.checks import before_claim
 from dispatcher.sending.mime import build_raw
-from dispatcher.sending.outcomes import backoff
+from dispatcher.sending.outcomes import Outcome, backoff
+from dispatcher.sending.reminders import cancel_redeemed_reminders
 from dispatcher.sending.render import Renderer
 
 __all__ = ["BatchResult", "Outcome", "backoff", "build_outgoing", "deliver", "deliver_many"]
@@ -101,8 +103,12 @@ def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None
     with rt.ledger.pinned():
         try:
             found = rt.ledger.for_send_many(ids)
+            # Reminders whose person has redeemed since the run was made are settled here, never sent.
+            result.outcomes.update({i: Outcome(s) for i, s in cancel_redeemed_reminders(rt.ledger, found).items()})
             ready: list[tuple[Delivery, CampaignRecord]] = []
             for delivery_id in dict.fromkeys(ids):
+                if delivery_id in result.outcomes:
+                    continue
                 try:
                     checked = _check(rt, delivery_id, found.get(delivery_id))
                 except Exception as exc:
@@ -377,6 +383,8 @@ def _call_and_settle(
         done = outcomes.settle(delivery, provider, exc, Status.UNKNOWN, f"{who}: outcome unknown, will not resend")
     except PermanentError as exc:
         done = outcomes.settle(delivery, provider, exc, Status.FAILED, f"{who}: refused for good")
+        if fallback_owed(delivery):  # a fallback is owed (if the campaign has one), recorded with the failure
+            done[0].values["fallback_due_at"] = clock.now()
         note(delivery.id, send_marks.REFUSED, str(done[0].values["provider_code"] or "refused"))
         rt.breaker.record_failure(delivery.campaign_id)
     except ProviderError as exc:

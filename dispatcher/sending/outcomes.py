@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
@@ -14,9 +15,15 @@ from dispatcher.core.privacy import redact, safe_code, scrub
 from dispatcher.core.states import Status
 from dispatcher.ledger.store import Delivery, Settle
 from dispatcher.runtime import Runtime
-from dispatcher.sending.checks import Outcome
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status | None
+    #: When the delivery should be looked at again (a retry or a held SMS), else None.
+    again_at: datetime | None = None
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -7,7 +7,8 @@
   flushed since the claim, or no marks at all) → ``unknown``;
 - ``queued``/``retrying`` deliveries of a campaign past its send-by become ``expired``;
 - ``queued``/``retrying`` deliveries whose time has come are handed to the broker again. The atomic
-  claim makes a duplicate message harmless, so re-sending a message is always safe.
+  claim makes a duplicate message harmless, so re-sending a message is always safe;
+- fallbacks owed (a hard bounce or permanent failure in a ``fallback = true`` campaign) are decided.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dispatcher.core import clock
+from dispatcher.core.campaign import Campaign
 from dispatcher.core.states import Status
 from dispatcher.feedback.apply import PendingLimits, apply_pending
 from dispatcher.ledger.store import Delivery, Settle
 from dispatcher.runtime import Runtime
 from dispatcher.sending import marks, outcomes
+from dispatcher.sending.fallback import fall_back_due
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class SweepResult:
     #: Stale sends the marks settled otherwise: given back (never called), or recorded as the provider said.
     given_back: int = 0
     recovered: int = 0
+    fallbacks: int = 0
 
 
 def sweep(
@@ -67,13 +71,22 @@ def sweep(
         ledger.mark_dispatched(ids, now)
         result.redispatched += len(ids)
         after = ids[-1]
-    if result.unknown or result.redispatched or result.expired or result.given_back or result.recovered:
+    result.fallbacks = fall_back_due(rt, dispatch)  # each one queued is handed to the broker here
+    if (
+        result.unknown
+        or result.redispatched
+        or result.expired
+        or result.fallbacks
+        or result.given_back
+        or result.recovered
+    ):
         log.info(
-            "sweep: %d stale sends marked unknown, %d expired, %d re-enqueued "
+            "sweep: %d stale sends marked unknown, %d expired, %d re-enqueued, %d fallbacks queued "
             "(stale sends: %d never called, given back; %d recorded from their marks)",
             result.unknown,
             result.expired,
             result.redispatched,
+            result.fallbacks,
             result.given_back,
             result.recovered,
         )
@@ -145,3 +158,32 @@ def _from_mark(delivery: Delivery, mark: str) -> Settle:
             delivery, Status.FAILED, {"provider_code": code, "reason": detail}, [(Status.FAILED, detail, code)]
         )
     return _unknown(delivery, UNKNOWN_DETAIL)
+
+
+def held_for_send_from(rt: Runtime, delivery_id: int, campaign: Campaign, now: datetime) -> bool:
+    """The send path's pre-claim check: nothing leaves before the campaign's ``send_from``. A message that
+    comes early (a resend, a duplicate, a list enqueued before it) puts the delivery back in the ledger,
+    unclaimed and with no broker message; :func:`release` hands it over when ``send_from`` comes."""
+    if campaign.send_from is None or now >= campaign.send_from:
+        return False
+    rt.ledger.hold([delivery_id], campaign.send_from)
+    return True
+
+
+def release(rt: Runtime, dispatch: Callable[[list[int]], None], at: datetime) -> int:
+    """The ``send_from`` ``at`` has come: every due delivery of the campaigns starting then goes to the
+    broker now. Held work was never on the broker, but a delivery an early message put back may carry the
+    ``dispatched_at`` of whoever sent that message, which the periodic sweep's grace filter would respect
+    for minutes; so this hand-over ignores it (a duplicate message is harmless: the claim is atomic)."""
+    ledger = rt.ledger
+    now = clock.now()
+    started = ledger.starting(at - timedelta(microseconds=1), now)
+    released = after = 0
+    while started and (ids := ledger.due_in(started, now, after_id=after)):
+        dispatch(ids)
+        ledger.mark_dispatched(ids, now)
+        released += len(ids)
+        after = ids[-1]
+    if released:
+        log.info("send_from %s: %d held deliveries of %s handed to the broker", at, released, ", ".join(started))
+    return released

@@ -14,11 +14,17 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import redis
 
 from dispatcher import broker as _broker
+from dispatcher.core import clock
 from dispatcher.core.settings import Settings
+
+if TYPE_CHECKING:
+    from dispatcher.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,7 @@ RESTART_BACKOFF_MAX = 30.0
 def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event) -> None:
     from dispatcher.runtime import Runtime
     from dispatcher.sending.actors import dispatch_ids
-    from dispatcher.sending.sweep import sweep
+    from dispatcher.sending.sweep import release, sweep
 
     rt = Runtime(settings)
     client = redis.Redis.from_url(settings.redis_url or "")
@@ -36,12 +42,17 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
     every = settings.sweep_interval_seconds
     first = True
     while not stop.is_set():
-        if not first:
-            crashed.wait(every)
+        start = None if first else _wait(rt, every, crashed)
         first = False  # the first sweep runs at start: work left from before this worker is found at once
         if stop.is_set():
             break
         try:
+            if start is not None and not crashed.is_set():
+                # A campaign's send_from has come: its held work goes to the broker now, not at the next
+                # periodic sweep. One sweeper across every host does it (the key names this send_from).
+                if client.set(_broker.keys.send_from_sweep(start.isoformat()), os.getpid(), nx=True, px=600_000):
+                    release(rt, dispatch_ids, start)
+                continue
             if crashed.is_set():
                 # Sweep at once, but hand over only what the broker cannot still hold: re-enqueueing every due
                 # delivery after each crash put one more copy of all remaining work into Redis per crash
@@ -57,6 +68,41 @@ def _sweeper(settings: Settings, stop: threading.Event, crashed: threading.Event
         except Exception:
             log.exception("periodic sweep failed; will try again")
     rt.close()
+
+
+#: Wake this long after a send_from, so that the held work is due by the ledger's clock when it is read.
+SEND_FROM_MARGIN = 0.2
+#: While waiting for the next periodic sweep, look this often for a send_from coming sooner (a campaign
+#: enqueued meanwhile): one small read of the campaigns table.
+SEND_FROM_LOOK = 5.0
+
+
+def _wait(rt: Runtime, every: float, crashed: threading.Event) -> datetime | None:
+    """Wait for the next sweep: ``every`` seconds, or less when a campaign's ``send_from`` comes first.
+    Returns that ``send_from`` when it is what ended the wait, else None."""
+    until = time.monotonic() + every
+    while (left := until - time.monotonic()) > 0:
+        start = _next_start(rt, left)
+        step = min(left, SEND_FROM_LOOK)
+        if start is not None:
+            step = min(step, max(0.0, (start - clock.now()).total_seconds()) + SEND_FROM_MARGIN)
+        if crashed.wait(step):
+            return None
+        if start is not None and clock.now() >= start:
+            return start
+    return None
+
+
+def _next_start(rt: Runtime, horizon: float) -> datetime | None:
+    """The earliest campaign ``send_from`` within ``horizon`` seconds, if any."""
+    try:
+        start = rt.ledger.next_send_from(clock.now())
+    except Exception as exc:  # the ledger may be restarting: the periodic sweep still runs
+        log.warning("could not read the campaigns' send_from (%s); sweeping at the usual interval", type(exc).__name__)
+        return None
+    if start is None or (start - clock.now()).total_seconds() > horizon:
+        return None
+    return start
 
 
 def run_workers(settings: Settings, *, processes: int, threads: int) -> int:
