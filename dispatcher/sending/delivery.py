@@ -143,6 +143,23 @@ def deliver_many(rt: Runtime, ids: Sequence[int], *, budget: float | None = None
     return result
 
 
+def _deliver(
+    rt: Runtime,
+    delivery_id: int,
+    found: tuple[Delivery, str | None, datetime | None, str | None] | None,
+    after: _AfterBatch,
+) -> Outcome:
+    """One delivery through the batch path, from a copy read earlier (the claim refuses a stale one)."""
+    result = BatchResult()
+    checked = _check(rt, delivery_id, found)
+    if isinstance(checked, Outcome):
+        return checked
+    _send_batch(rt, [checked], result, after, time.monotonic(), float("inf"))
+    if result.error is not None:
+        raise result.error
+    return result.outcomes.get(delivery_id, Outcome(None))
+
+
 def _warn(delivery_id: int, exc: BaseException) -> None:
     log.warning("delivery %s: %s: %s", delivery_id, type(exc).__name__, redact(str(exc)))
 
