@@ -119,10 +119,10 @@ def test_fallback_resend_and_corrections_from_the_command_line(
     from dispatcher.ledger import Ledger
 
     ledger = Ledger(env["DISPATCHER_DATABASE_URL"])
-    person = ledger.find_person("cc", "S")
+    person = ledger.person_by_user("cc", "S")
     acts = [h for h in ledger.history(person.id) if h["actor"].startswith("operator:")]
     assert [(h["actor"], h["from_status"], h["to_status"]) for h in acts] == [("operator:sato", "sent", "queued")]
     assert "never arrived" in acts[0]["detail"] and "s2@" not in acts[0]["detail"]
-    fallback = ledger.find_person("cc", "R")
+    fallback = ledger.person_by_user("cc", "R")
     assert [h["actor"] for h in ledger.history(fallback.id)].count("fallback") == 1
     ledger.dispose()

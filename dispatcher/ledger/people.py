@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, select
@@ -24,7 +23,6 @@ from .schema import (
     campaigns,
     deliveries,
     provider_messages,
-    redemptions,
     transitions,
 )
 
@@ -91,14 +89,6 @@ class PeopleLedger(BaseLedger):
         )
         with self.read() as conn:
             return [dict(row._mapping) for row in conn.execute(stmt)]
-
-    def person_redeemed_at(self, campaign_id: str, user_id: str) -> datetime | None:
-        stmt = select(redemptions.c.redeemed_at).where(
-            redemptions.c.campaign_id == campaign_id, redemptions.c.user_id == user_id
-        )
-        with self.read() as conn:
-            value: datetime | None = conn.execute(stmt).scalar()
-        return value
 
     def person_reminders(self, campaign_id: str, user_id: str) -> list[tuple[str | None, Delivery]]:
         """This person's deliveries in the campaign's reminder runs (child campaigns), oldest run first, each

@@ -106,13 +106,6 @@ class ReaddressLedger(MoveLedger):
             current=delivery,
         )
 
-    def find_person(self, campaign_id: str, user_id: str) -> Delivery | None:
-        with self.read() as conn:
-            row = conn.execute(
-                select(deliveries).where(deliveries.c.campaign_id == campaign_id, deliveries.c.user_id == user_id)
-            ).first()
-        return None if row is None else Delivery.from_row(row)
-
     def fallback_due(self, limit: int = 1000) -> list[int]:
         """Deliveries owed a fallback whose fallback was not yet decided (for the sweep)."""
         stmt = (

@@ -189,7 +189,7 @@ def _one(
     if user_id in seen:
         raise _Row(f"user_id: duplicate of row {seen[user_id]}")
     seen[user_id] = row
-    person = rt.ledger.find_person(campaign.id, user_id)
+    person = rt.ledger.person_by_user(campaign.id, user_id)
     if person is None:
         raise _Row(f"user_id: not in campaign '{campaign.id}'")
     target = _target(campaign, values, row, person)

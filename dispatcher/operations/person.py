@@ -183,7 +183,7 @@ def person_view(ledger: Ledger, d: Delivery) -> PersonView:
         last_event_at=d.last_event_at,
         flags=[f for f in d.flags.split(",") if f],
         reason=redact(d.reason) if d.reason else None,
-        redeemed_at=ledger.person_redeemed_at(d.campaign_id, d.user_id),
+        redeemed_at=ledger.redemptions_of(d.campaign_id, [d.user_id]).get(d.user_id),
         history=_steps(trails[d.id]),
         reminders=[_reminder(ledger, purpose, r, trails[r.id]) for purpose, r in reminders],
         fallback=None

@@ -86,7 +86,7 @@ def _check(
         raise Refused(_("no campaign '{campaign}' in the ledger").format(campaign=campaign_id))
     if record.state == "cancelled":
         raise Refused(_("campaign '{campaign}' is cancelled").format(campaign=campaign_id))
-    delivery = rt.ledger.find_person(campaign_id, user_id)
+    delivery = rt.ledger.person_by_user(campaign_id, user_id)
     if delivery is None:
         raise Refused(
             _("no person with user_id '{user}' in campaign '{campaign}'").format(user=user_id, campaign=campaign_id)
