@@ -126,6 +126,8 @@ def test_campaign_end_to_end(tmp_path, redis_url, moto, ledger_url, dispatcher_c
         "total": 7,
         "by_status": {"sent": 7},
         "by_channel": {"email": {"sent": 4}, "sms": {"sent": 3}},
+        "redeemed": 0,
+        "reminders": {},
     }
     emails = moto.sent_emails()
     by_to: dict[str, list] = {}

@@ -248,6 +248,8 @@ def test_permanently_rejected_recipients_are_attempted_once_and_fail_with_the_pr
         "total": 30,
         "by_status": {"failed": 3, "sent": 27},
         "by_channel": {"email": {"failed": 2, "sent": 18}, "sms": {"failed": 1, "sent": 9}},
+        "redeemed": 0,
+        "reminders": {},
     }
     attempts = proxy.attempt_counts()
     assert {c: attempts[c] for c in rejected} == dict.fromkeys(rejected, 1)
