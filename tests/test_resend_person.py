@@ -189,3 +189,11 @@ def test_re_addressing_a_waiting_person_again_and_again_keeps_the_counts(srt, tm
         resend_person(srt, "again", "U1", None, reason="correction", email=f"a{i}@example.jp", who="operator:x")
     assert srt.ledger.counts("again") == {("email", "queued"): 1} == srt.ledger.count_rows("again")
     assert srt.ledger.get(ids["U1"]).contact == "a40@example.jp"
+
+
+def test_a_contact_typed_into_the_reason_is_masked_in_the_trail(srt, tmp_path) -> None:
+    ids = enqueue(srt, fallback_campaign(tmp_path, "why", fallback=False), [row("U1", email="a@example.jp")])
+    deliver(srt, ids["U1"])
+    resend_person(srt, "why", "U1", None, reason="new address is hanako.new@docomo.ne.jp, 090-8765-4321", who="op")
+    detail = srt.ledger.history(ids["U1"])[-1]["detail"]
+    assert "hanako.new@docomo.ne.jp" not in detail and "8765-4321" not in detail and "new address is" in detail

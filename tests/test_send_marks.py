@@ -234,3 +234,32 @@ def test_without_its_marks_hash_a_batch_sends_nothing_more(mrt, tmp_path, moto, 
     statuses = [mrt.ledger.get(i).status for i in ids]
     assert statuses[0] is Status.SENT and set(statuses[1:]) == {Status.RETRYING}, statuses
     assert len(moto.sent_emails()) + len(moto.sent_sms()) == 1
+
+
+def test_a_late_batch_cannot_record_over_the_claim_that_replaced_it(mrt, tmp_path) -> None:
+    from dispatcher.sending import outcomes
+
+    ids, _rows = _enqueue(mrt, tmp_path, 2, sms_every=100)
+    first = mrt.ledger.claim_many([mrt.ledger.get(i) for i in ids], mark="epoch/slow", now=clock.now())
+    # Given the sweep gave the slow batch's deliveries back and another worker claimed them again: the rows
+    # look as they did (sending, same attempt count), but under the other batch's mark
+    back = mrt.ledger.record_many([outcomes.given_back(d, "the sweep gave it back")[0] for d in first], actor="sweep")
+    assert back == set(ids)
+    again = mrt.ledger.claim_many([mrt.ledger.get(i) for i in ids], mark="epoch/live", now=clock.now())
+    assert [d.attempts for d in again] == [d.attempts for d in first]
+    # When the slow batch records what it thinks it still holds
+    late = mrt.ledger.record_many([outcomes.given_back(d, "ran out of time")[0] for d in first], mark="epoch/slow")
+    # Then nothing moves: the live claim stays the live worker's
+    assert late == set()
+    assert {mrt.ledger.get(i).status for i in ids} == {Status.SENDING}
+    mine = mrt.ledger.record_many([outcomes.given_back(d, "done")[0] for d in again], mark="epoch/live")
+    assert mine == set(ids)
+
+
+def test_a_breaker_that_cannot_reach_redis_does_not_undo_a_refusal(mrt, tmp_path) -> None:
+    from dispatcher.sending import outcomes
+
+    mrt.breaker.client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    with pytest.raises(redis.RedisError):
+        mrt.breaker.record_failure("m")  # as it is: it raises
+    outcomes.count_failure(mrt, "m")  # the send path's call does not

@@ -47,10 +47,9 @@ def _take(request: Request, nonce: object) -> dict[str, Any] | None:
         return None
     store = auth_of(request).sessions.store
     name = keys.dashboard_pending_resend(nonce)
-    raw = store.get(name)
+    raw = store.take(name)  # atomic: a double click confirms once
     if raw is None:
         return None
-    store.delete(name)
     asked: dict[str, Any] = json.loads(raw)
     if asked.get("who") != principal_of(request).who or float(asked.get("until", 0)) < time.time():
         return None

@@ -39,6 +39,7 @@ class SessionStore(Protocol):
     def put(self, name: str, value: str, ttl: int) -> None: ...
     def get(self, name: str) -> str | None: ...
     def delete(self, name: str) -> None: ...
+    def take(self, name: str) -> str | None: ...
 
 
 class RedisSessionStore:
@@ -64,6 +65,11 @@ class RedisSessionStore:
     def delete(self, name: str) -> None:
         self.client.delete(name)
 
+    def take(self, name: str) -> str | None:
+        """Read and remove in one step (GETDEL): of two requests racing for it, one gets it."""
+        value = self.client.getdel(name)
+        return value.decode() if isinstance(value, bytes) else None
+
 
 class MemorySessionStore:
     """One process's sessions; expiry is checked on read (see :meth:`Sessions.resolve`)."""
@@ -83,6 +89,9 @@ class MemorySessionStore:
 
     def delete(self, name: str) -> None:
         self._values.pop(name, None)
+
+    def take(self, name: str) -> str | None:
+        return self._values.pop(name, None)  # one atomic step under the GIL
 
 
 class _ClockSigner(TimestampSigner):

@@ -103,6 +103,7 @@ _PG_RECORD = text(
     "not_before = v.not_before, sms_parts = v.sms_parts, first_sent_at = v.first_sent_at, "
     "last_event_at = v.last_event_at, attempts = v.attempts, fallback_due_at = v.fallback_due_at, updated_at = v.at "
     "FROM v WHERE d.id = v.id AND d.status = 'sending' AND d.attempts = v.expect "
+    "AND (CAST(:mark AS text) IS NULL OR d.claim_mark = CAST(:mark AS text)) "
     "RETURNING d.id, d.campaign_id, d.channel, d.attempts, CAST('sending' AS text) AS f, v.t, v.provider, "
     "v.new_message, v.at), "
     "message AS (INSERT INTO provider_messages (message_id, delivery_id, attempt, channel, provider, sent_at) "
@@ -176,8 +177,11 @@ class BatchLedger(BaseLedger):
                     )
         return [replace(d, status=Status.SENDING, attempts=d.attempts + 1) for i, d in wanted.items() if i in moved]
 
-    def record_many(self, outcomes: Sequence[Settle], *, actor: str = "worker") -> set[int]:
-        """Record the outcomes of claimed deliveries; returns the ids moved (the others had changed)."""
+    def record_many(self, outcomes: Sequence[Settle], *, actor: str = "worker", mark: str | None = None) -> set[int]:
+        """Record the outcomes of claimed deliveries; returns the ids moved (the others had changed).
+
+        ``mark``: the batch's own claim mark. A slow batch whose delivery the sweep gave back, and another
+        worker claimed again (same state, same attempt count), must not record over that live claim."""
         if not outcomes:
             return set()
         for o in outcomes:
@@ -195,6 +199,7 @@ class BatchLedger(BaseLedger):
                 "new_message": [o.message_id for o in outcomes],
                 "at": [_naive(o.at) for o in outcomes],
                 "actor": actor,
+                "mark": mark,
                 "shard": random.randrange(COUNT_SHARDS),
             }
             for column in SETTLE_COLUMNS:
@@ -212,18 +217,20 @@ class BatchLedger(BaseLedger):
         moved: set[int] = set()
         with self.write() as conn:
             for o in outcomes:
-                if self._sqlite_record(conn, o, actor):
+                if self._sqlite_record(conn, o, actor, mark):
                     moved.add(o.delivery.id)
         return moved
 
-    def _sqlite_record(self, conn: Connection, o: Settle, actor: str) -> bool:
+    def _sqlite_record(self, conn: Connection, o: Settle, actor: str, mark: str | None) -> bool:
         d, final = o.delivery, o.final()
+        ours = [deliveries.c.claim_mark == mark] if mark is not None else []
         result = conn.execute(
             deliveries.update()
             .where(
                 deliveries.c.id == d.id,
                 deliveries.c.status == Status.SENDING.value,
                 deliveries.c.attempts == d.attempts,
+                *ours,
             )
             .values(status=o.to.value, updated_at=o.at, **final)
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dispatcher.core import clock, sms
 from dispatcher.core.errors import DispatcherError, InputError
 from dispatcher.core.i18n import _
+from dispatcher.core.privacy import redact
 from dispatcher.core.states import Channel, Status
 from dispatcher.intake.contacts import FieldError, check_email, check_phone
 from dispatcher.ledger.readdress import Address
@@ -133,7 +134,8 @@ def resend_person(
     who: str,
 ) -> PersonResend:
     """Queue this one person again (to the corrected contact if one is given), then hand it to the broker."""
-    reason = " ".join(reason.split())
+    # Operators write what the caller said; a contact typed into the reason is masked like any other text.
+    reason = redact(" ".join(reason.split()))
     if not reason:
         raise InputError(_("--reason: say why (it goes to the audit trail)"))
     _record, delivery, target, parts = _check(rt, campaign_id, user_id, email, phone)

@@ -243,7 +243,7 @@ def _record(rt: Runtime, settles: list[Settle], marks: send_marks.BatchMarks | N
             marks.flush()
         except Exception as exc:  # the record below is what counts; the marks only matter if it fails
             log.warning("send marks: %s: %s", type(exc).__name__, redact(str(exc)))
-    moved = rt.ledger.record_many(settles)
+    moved = rt.ledger.record_many(settles, mark=marks.claim_mark if marks is not None else None)
     for s in settles:
         if s.delivery.id not in moved and s.message_id:
             # Someone settled it first (an operator, the sweep); keep their verdict, note the message id.
@@ -289,7 +289,12 @@ def _send_one(
             return outcomes.given_back(delivery, "waiting for a rate slot", again)
     if marks is not None and not marks.about(delivery.id):
         return None
-    return _call_and_settle(rt, delivery, outgoing, record.campaign.send_by, slot, marks, after)
+    try:
+        return _call_and_settle(rt, delivery, outgoing, record.campaign.send_by, slot, marks, after)
+    except Exception as exc:  # the provider may have been called: never hand it back, never resend
+        _warn(delivery.id, exc)
+        name = rt.provider(delivery.channel).name
+        return outcomes.settle(delivery, name, exc, Status.UNKNOWN, f"delivery {delivery.id}: error after the call")
 
 
 class _SendCache:
@@ -403,7 +408,7 @@ def _call_and_settle(
         if fallback_owed(delivery):  # a fallback is owed (if the campaign has one), recorded with the failure
             done[0].values["fallback_due_at"] = clock.now()
         note(delivery.id, send_marks.REFUSED, str(done[0].values["provider_code"] or "refused"))
-        rt.breaker.record_failure(delivery.campaign_id)
+        outcomes.count_failure(rt, delivery.campaign_id)
     except ProviderError as exc:
         done = outcomes.retry_later(rt, delivery, exc, provider, send_by)
         if done[0].to is Status.FAILED:

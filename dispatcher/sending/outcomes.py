@@ -99,6 +99,15 @@ def kept(exc: BaseException, delivery: Delivery) -> tuple[str, str]:
     return scrub(str(exc), secrets), safe_code(code, secrets) or ""
 
 
+def count_failure(rt: Runtime, campaign_id: str) -> None:
+    """Feed the breaker after a verdict. A Redis error here must not undo the verdict: the caller would take
+    it for an error before the provider call and hand the send back."""
+    try:
+        rt.breaker.record_failure(campaign_id)
+    except Exception as exc:
+        log.warning("circuit breaker: failure not counted: %s", type(exc).__name__)
+
+
 def settle(delivery: Delivery, provider: str, exc: BaseException, to: Status, what: str) -> tuple[Settle, Outcome]:
     """A send that ended for good (``failed``) or without an answer (``unknown``), with only what may be
     kept of the provider's reply."""
@@ -120,7 +129,7 @@ def retry_later(
     common: dict[str, object] = {"provider": provider, "reason": reason, "provider_code": code}
     if since_resend >= settings.max_attempts:
         gave_up = f"gave up after {delivery.attempts} attempts: {reason}"  # the reason says retries ran out
-        rt.breaker.record_failure(delivery.campaign_id)
+        count_failure(rt, delivery.campaign_id)
         values = {**common, "reason": gave_up}
         return Settle(delivery, Status.FAILED, values, [(Status.FAILED, gave_up, code)]), Outcome(Status.FAILED)
     values = {**common, "not_before": again}

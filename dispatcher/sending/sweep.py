@@ -22,6 +22,7 @@ from dispatcher.core import clock
 from dispatcher.core.campaign import Campaign
 from dispatcher.core.states import Status
 from dispatcher.feedback.apply import PendingLimits, apply_pending
+from dispatcher.ledger.readdress import fallback_owed
 from dispatcher.ledger.store import Delivery, Settle
 from dispatcher.runtime import Runtime
 from dispatcher.sending import marks, outcomes
@@ -154,9 +155,10 @@ def _from_mark(delivery: Delivery, mark: str) -> Settle:
     if kind == marks.REFUSED:
         code = (rest[0] if rest else "") or "refused"
         detail = "worker stopped after the provider refused it for good; recorded by the sweep"
-        return Settle(
-            delivery, Status.FAILED, {"provider_code": code, "reason": detail}, [(Status.FAILED, detail, code)]
-        )
+        values: dict[str, object] = {"provider_code": code, "reason": detail}
+        if fallback_owed(delivery):  # as the worker would have recorded it with the failure
+            values["fallback_due_at"] = clock.now()
+        return Settle(delivery, Status.FAILED, values, [(Status.FAILED, detail, code)])
     return _unknown(delivery, UNKNOWN_DETAIL)
 
 
