@@ -120,6 +120,8 @@ def test_acceptance_one_reminder_for_each_unredeemed_none_for_the_redeemed(
     assert shown["redeemed"] == 6
     assert shown["reminders"] == {TEMPLATE: {"cancelled": 1, "sent": 6}}
     assert shown["total"] == 12 and shown["by_status"] == {"sent": 12}
+    table = " ".join(run(cmd, "status", "acc").stdout.split())
+    assert "redeemed on the receipt site: 6 (50.0%)" in table and f"reminders ({TEMPLATE}):" in table
     # And the reminder is the reminder template, in Japanese, with the person's URL
     from email import message_from_bytes, policy
 

@@ -27,7 +27,7 @@ from dispatcher.cli.common import (
 from dispatcher.core import clock
 from dispatcher.core.errors import ConfigError, InputError
 from dispatcher.core.i18n import _, speaking
-from dispatcher.core.labels import shown_channel
+from dispatcher.core.labels import shown_channel, shown_status
 from dispatcher.core.settings import Settings
 
 
@@ -144,6 +144,16 @@ def status(campaign_id: str, as_json: bool) -> None:
         click.echo(json.dumps(data, ensure_ascii=False))
         return
     out.print(status_table(data))
+    if "redeemed" in data:
+        total = data["total"] or 1
+        out.print(
+            _("redeemed on the receipt site: {n} ({share})").format(
+                n=f"{data['redeemed']:,}", share=f"{data['redeemed'] / total:.1%}"
+            )
+        )
+    for template, states in data.get("reminders", {}).items():
+        shown = ", ".join(f"{shown_status(st)} {n:,}" for st, n in sorted(states.items()) if n)
+        out.print(_("reminders ({template}): {states}").format(template=template, states=shown or "—"))
 
 
 # policy: plan and check -----------------------------------------------------------------------
