@@ -218,7 +218,14 @@ def _send_batch(
             result.outcomes[d.id] = Outcome(None)  # another worker has it
     settles: list[Settle] = []
     held: dict[Channel, datetime] = {}
+    checked, stopped = time.monotonic(), set[str]()
     for n, delivery in enumerate(claimed):
+        if time.monotonic() - checked > STATE_RECHECK_SECONDS:  # a pause or cancel holds the rest of the batch
+            checked, stopped = time.monotonic(), _stopped(rt, {d.campaign_id for d in claimed[n:]})
+        if delivery.campaign_id in stopped:
+            settles.append(outcomes.given_back(delivery, "the campaign was paused or cancelled")[0])
+            result.outcomes[delivery.id] = Outcome(None)
+            continue
         if n and time.monotonic() - started > limit:
             result.left = [d.id for d in claimed[n:]]
             settles += [outcomes.given_back(d, "the batch ran out of time; handed on")[0] for d in claimed[n:]]
@@ -235,6 +242,15 @@ def _send_batch(
         settles.append(done[0])
         result.outcomes[delivery.id] = done[1]
     _record(rt, settles, marks)
+
+
+#: How often a batch in progress looks whether its campaign was paused (one small read per thread and second).
+STATE_RECHECK_SECONDS = 1.0
+
+
+def _stopped(rt: Runtime, campaign_ids: set[str]) -> set[str]:
+    """Those of these campaigns that are no longer active (paused or cancelled since the batch was read)."""
+    return {c for c in campaign_ids if (r := rt.ledger.campaign(c, fresh=True)) is None or r.state != "active"}
 
 
 def _record(rt: Runtime, settles: list[Settle], marks: send_marks.BatchMarks | None) -> None:
