@@ -114,3 +114,11 @@ def enqueue(rt: Runtime, campaign: Path, rows: list[dict[str, str]]) -> dict[str
         assert d is not None
         ids[d.user_id] = delivery_id
     return ids
+
+
+@pytest.fixture
+def srt(ledger_url, redis_url, smtp: SmtpServer, monkeypatch):
+    """A runtime sending e-mail to the test's SMTP server (with the ledger and Redis of the test)."""
+    runtime = smtp_runtime(monkeypatch, smtp.url)
+    yield runtime
+    runtime.close()

@@ -10,17 +10,10 @@ from dispatcher.core.states import Channel, Status
 from dispatcher.operations.corrections import update_contacts
 from dispatcher.sending.delivery import deliver
 
-from .contacts_support import SmtpServer, enqueue, fallback_campaign, row, sms_sent, smtp, smtp_runtime
+from .contacts_support import SmtpServer, enqueue, fallback_campaign, row, sms_sent, smtp, srt
 from .helpers import write_csv
 
-__all__ = ["smtp"]
-
-
-@pytest.fixture
-def srt(ledger_url, redis_url, smtp: SmtpServer, monkeypatch):
-    runtime = smtp_runtime(monkeypatch, smtp.url)
-    yield runtime
-    runtime.close()
+__all__ = ["smtp", "srt"]
 
 
 def test_a_corrections_file_resends_a_refused_person_once_and_leaves_a_sent_one_alone(

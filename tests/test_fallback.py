@@ -8,8 +8,6 @@ import csv
 import json
 from datetime import timedelta
 
-import pytest
-
 from dispatcher.core import clock
 from dispatcher.core.states import Channel, Status
 from dispatcher.feedback.apply import receive
@@ -19,17 +17,10 @@ from dispatcher.sending.delivery import deliver
 from dispatcher.sending.fallback import fall_back
 from dispatcher.sending.sweep import sweep
 
-from .contacts_support import SmtpServer, enqueue, fallback_campaign, row, sms_sent, smtp, smtp_runtime
+from .contacts_support import SmtpServer, enqueue, fallback_campaign, row, sms_sent, smtp, srt
 from .feedback_helpers import event_json
 
-__all__ = ["smtp"]
-
-
-@pytest.fixture
-def srt(ledger_url, redis_url, smtp: SmtpServer, monkeypatch):
-    runtime = smtp_runtime(monkeypatch, smtp.url)
-    yield runtime
-    runtime.close()
+__all__ = ["smtp", "srt"]
 
 
 def test_a_refused_email_with_a_phone_falls_back_to_exactly_one_sms(srt, smtp: SmtpServer, tmp_path) -> None:

@@ -15,17 +15,10 @@ from dispatcher.operations.person_resend import Refused, plan_person_resend, res
 from dispatcher.sending.delivery import _AfterBatch, _deliver, deliver
 from dispatcher.sending.sweep import sweep
 
-from .contacts_support import SmtpServer, enqueue, fallback_campaign, row, sms_sent, smtp, smtp_runtime
+from .contacts_support import SmtpServer, enqueue, fallback_campaign, row, sms_sent, smtp, srt
 from .feedback_helpers import event_json
 
-__all__ = ["smtp"]
-
-
-@pytest.fixture
-def srt(ledger_url, redis_url, smtp: SmtpServer, monkeypatch):
-    runtime = smtp_runtime(monkeypatch, smtp.url)
-    yield runtime
-    runtime.close()
+__all__ = ["smtp", "srt"]
 
 
 def test_a_resend_to_a_new_address_sends_exactly_one_message_there_and_nothing_more_to_the_old(
