@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -270,6 +271,13 @@ def test_outbox_files_are_private_under_umask_022(tmp_path, umask_022) -> None:
     EmailOutbox(settings)._send(email)
     # Then every file and folder of the outbox is its owner's only
     assert (tmp_path / "box" / "sms.jsonl").exists() and list((tmp_path / "box").rglob("*.eml"))
+    assert _too_open(tmp_path / "box") == []
+    # And when the outbox is removed during the run, the next sends make it again, as private
+    shutil.rmtree(tmp_path / "box")
+    EmailOutbox(settings)._send(OutgoingEmail("1.2", "c1", "a@example.jp", email.raw))
+    SmsOutbox(settings)._send(OutgoingSms("2.2", "c1", "+819012345678", url, 1, sms.expires_at))
+    assert [p.name for p in (tmp_path / "box").rglob("*.eml")] == ["1.2.eml"]
+    assert (tmp_path / "box" / "sms.jsonl").read_text().count("\n") == 1
     assert _too_open(tmp_path / "box") == []
 
 

@@ -19,6 +19,26 @@ from dispatcher.core.states import Channel
 from .base import Outgoing, OutgoingEmail, OutgoingSms, Provider, SendResult, register
 
 _lock = threading.Lock()
+#: Folders made (or found) by this process: one stat per folder, not one per message.
+_made: set[str] = set()
+
+
+def _folder(path: str) -> str:
+    if path not in _made:
+        private_dir(path)
+        _made.add(path)
+    return path
+
+
+def _open_new(folder: str, name: str) -> int:
+    """A new 0600 file (whatever the umask: a message holds the receipt URL and the address); the folder
+    is made again if it went away during the run."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(os.path.join(folder, name), flags, FILE_MODE)
+    except FileNotFoundError:
+        private_dir(folder)
+        return os.open(os.path.join(folder, name), flags, FILE_MODE)
 
 
 def _safe(reference: str) -> str:
@@ -33,17 +53,15 @@ class EmailOutbox(Provider):
     def _send(self, outgoing: Outgoing) -> SendResult:
         if not isinstance(outgoing, OutgoingEmail):
             raise PermanentError("outbox: not an e-mail", code="WrongChannel")
-        folder = private_dir(Path(self.settings.outbox_path) / "email" / _safe(outgoing.campaign_id))
+        folder = _folder(os.path.join(self.settings.outbox_path, "email", _safe(outgoing.campaign_id)))
         message_id = f"outbox-{uuid.uuid4()}"
         # File names as plain strings: pathlib interns every path part it parses, and a name per message
         # grew the interpreter's table of interned strings by megabytes over a large campaign.
-        final = os.path.join(folder, f"{_safe(outgoing.reference)}.eml")
-        tmp = os.path.join(folder, f".{message_id}.tmp")
-        # 0600 whatever the umask: the message holds the receipt URL and the address.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        tmp = f".{message_id}.tmp"
+        fd = _open_new(folder, tmp)
         with open(fd, "wb") as fh:
             fh.write(outgoing.raw)
-        os.replace(tmp, final)
+        os.replace(os.path.join(folder, tmp), os.path.join(folder, f"{_safe(outgoing.reference)}.eml"))
         return SendResult(self.name, message_id)
 
 
@@ -55,7 +73,7 @@ class SmsOutbox(Provider):
     def _send(self, outgoing: Outgoing) -> SendResult:
         if not isinstance(outgoing, OutgoingSms):
             raise PermanentError("outbox: not an SMS", code="WrongChannel")
-        folder = private_dir(self.settings.outbox_path)
+        folder = Path(_folder(str(self.settings.outbox_path)))
         message_id = f"outbox-{uuid.uuid4()}"
         line = (
             json.dumps(
@@ -77,7 +95,11 @@ class SmsOutbox(Provider):
         data = line.encode("utf-8")
         with _lock:
             # One write() on an O_APPEND descriptor: lines from several processes never interleave.
-            fd = os.open(folder / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            try:
+                fd = os.open(folder / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            except FileNotFoundError:  # the folder went away during the run
+                private_dir(folder)
+                fd = os.open(folder / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
             try:
                 os.write(fd, data)
             finally:

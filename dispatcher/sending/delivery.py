@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import redis
-
 from dispatcher.core import clock, sms
 from dispatcher.core.errors import AmbiguousOutcome, PermanentError, ProviderError
 from dispatcher.core.privacy import mask_contact, redact
@@ -271,14 +269,15 @@ def _record(rt: Runtime, settles: list[Settle], marks: send_marks.BatchMarks | N
             log.warning("send marks not removed (they expire): %s", type(exc).__name__)
 
 
-def _take_slot(rt: Runtime, delivery: Delivery) -> tuple[Slot, float]:
+def _take_slot(rt: Runtime, delivery: Delivery, marks: send_marks.BatchMarks | None = None) -> tuple[Slot, float]:
     # Build the provider client first (the first one in a process takes a few hundred ms), not between the
     # rate slot and the call: that gap would push a whole second's sends into the next provider second.
     rt.provider(delivery.channel)
     # An SMS costs its parts, counted at enqueue from the same template and fields.
     cost = (delivery.sms_parts or 1) if delivery.channel is Channel.SMS else 1
     slot = Slot(uuid.uuid4().hex, cost)
-    return slot, rt.limits.acquire(delivery.channel, delivery.contact, cost=cost, token=slot.token)
+    via = marks.line if marks is not None else None  # with the previous send's outcome and re-stamp
+    return slot, rt.limits.acquire(delivery.channel, delivery.contact, cost=cost, token=slot.token, via=via)
 
 
 def _send_one(
@@ -298,7 +297,7 @@ def _send_one(
     if delivery.channel in held:
         return outcomes.given_back(delivery, "waiting for a rate slot", held[delivery.channel])
     if slot is None:
-        slot, wait = _take_slot(rt, delivery)
+        slot, wait = _take_slot(rt, delivery, marks)
         if wait > 0:
             held[delivery.channel] = again = clock.now() + timedelta(seconds=wait)
             log.info("delivery %s: quota or rate limit, next slot in %.0fs", delivery.id, wait)
@@ -382,25 +381,10 @@ def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> O
 
 
 def _after_call(rt: Runtime, delivery: Delivery, slot: Slot, marks: send_marks.BatchMarks | None) -> None:
-    """The call is over: its rate slot counts from now (it may have arrived now). Under a rate limit or a
-    quota the next send may wait, so the outcome mark goes now, with the re-stamp (one round trip); else it
-    goes with the next send's mark."""
-    if marks is None or rt.redis is None or not rt.limits.applies(delivery.channel, delivery.contact):
-        rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
-        return
-    try:
-        pending = dict(marks.pending)
-        pipe = rt.redis.pipeline(transaction=False)
-        marks.flush(pipe)
-        rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost, pipe=pipe)
-        try:
-            pipe.execute()
-        except redis.exceptions.NoScriptError:  # the server lacked the re-stamp script: the plain way
-            marks.pending = pending
-            marks.flush()
-            rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost)
-    except Exception as exc:  # the outcome is recorded with the batch; the marks only matter after a crash
-        log.warning("send marks / rate slot after a send: %s", type(exc).__name__)
+    """The call is over: its rate slot counts from now (it may have arrived now). With marks, the re-stamp
+    is queued on the batch's line with the outcome mark: both go with the next round trip (the next send's
+    rate slot or mark, or the end of the batch), before any wait for a slot."""
+    rt.limits.sent(delivery.channel, delivery.contact, slot.token, cost=slot.cost, pipe=marks.line if marks else None)
 
 
 def _call_and_settle(

@@ -20,12 +20,13 @@ back is never sent by the worker that claimed it.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from dispatcher.broker import keys
+from dispatcher.sending.line import Line, register
 
 ABOUT, NOT_TAKEN, REVOKED, SENT, REFUSED = "a", "n", "r", "s", "f"
 #: What the sweep finds when the marks of a batch cannot be trusted.
@@ -57,6 +58,8 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], 'r') == 1 then return 'r' end
 return redis.call('HGET', KEYS[2], ARGV[1])
 """
 
+_OPEN_SHA, _ABOUT_SHA = register(_OPEN), register(_ABOUT)
+
 
 def batch_key(token: str) -> str:
     return f"{keys.prefix}:marks:{token}"
@@ -68,13 +71,15 @@ class MarksLost(RuntimeError):
 
 @dataclass
 class BatchMarks:
-    """The marks of one batch, written by the one thread that sends it."""
+    """The marks of one batch, written by the one thread that sends it, on its own :class:`Line`."""
 
-    client: redis.Redis
+    line: Line
     token: str
     epoch: str
-    #: Outcome marks not written yet: they go with the next ``about`` (one round trip per send).
-    pending: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self.line.client
 
     @property
     def claim_mark(self) -> str:
@@ -82,53 +87,43 @@ class BatchMarks:
         return f"{self.epoch}/{self.token}"
 
     def about(self, delivery_id: int) -> bool:
-        """Mark the delivery as about to be sent (and write the outcomes noted so far, same round trip).
+        """Mark the delivery as about to be sent (with whatever the line has queued: the outcomes noted so
+        far, a rate slot's re-stamp; one round trip).
 
         True: the provider may be called. False: the sweep revoked it (it is no longer ours). Raises
         :class:`MarksLost` when the hash is gone, and Redis errors as they come: do not call then."""
-        # EVALSHA on a plain pipeline: redis-py's Script object on a pipeline asks SCRIPT EXISTS first, an
-        # extra round trip per send. A server that lacks the script (restarted, SCRIPT FLUSH) gets it loaded.
-        key, sha = batch_key(self.token), _script(self.client, "about").sha
-        for loaded in (False, True):
-            pipe = self.client.pipeline(transaction=False)
-            if self.pending:
-                pipe.hset(key, mapping=self.pending)  # only fields this batch marked itself: safe to repeat
-            pipe.evalsha(sha, 1, key, str(delivery_id), self.epoch)
-            try:
-                reply = pipe.execute()[-1]
-                break
-            except redis.exceptions.NoScriptError:
-                if loaded:
-                    raise
-                sha = self.client.script_load(_ABOUT)
-        self.pending = {}
+        reply = self.line.script(_ABOUT_SHA, [batch_key(self.token)], [str(delivery_id), self.epoch])
         if int(reply) < 0:
             raise MarksLost("the send marks of this batch are gone (Redis restarted or flushed)")
         return int(reply) == 1
 
     def outcome(self, delivery_id: int, *parts: str) -> None:
-        """Note what the provider answered; written with the next mark, or by :meth:`flush`."""
-        self.pending[str(delivery_id)] = "\t".join(parts)
+        """Note what the provider answered; written with the next round trip, or by :meth:`flush`."""
+        self.line.hset(batch_key(self.token), {str(delivery_id): "\t".join(parts)})
 
-    def flush(self, pipe: Any = None) -> None:
-        """Write the outcomes noted so far (queued on ``pipe`` when given: the caller executes it)."""
-        if self.pending:
-            (pipe if pipe is not None else self.client).hset(batch_key(self.token), mapping=self.pending)
-            self.pending = {}
+    def flush(self) -> None:
+        """Write what is queued (the outcomes noted so far) now."""
+        self.line.flush()
 
     def close(self) -> None:
-        """The batch is recorded in the ledger: its marks are no longer needed."""
-        self.pending = {}
-        self.client.delete(batch_key(self.token))
+        """The batch is recorded in the ledger: its marks are no longer needed. The line goes back."""
+        try:
+            self.line.queued = []
+            self.line.call("DEL", batch_key(self.token))
+        finally:
+            self.line.close()
 
 
 def open_batch(client: redis.Redis, ttl_seconds: int) -> BatchMarks:
     """A new batch's hash, before its claim. Raises Redis errors (then nothing is claimed)."""
     token = uuid.uuid4().hex
-    epoch = _script(client, "open")(
-        keys=[_EPOCH_KEY, batch_key(token)], args=[uuid.uuid4().hex, ttl_seconds], client=client
-    )
-    return BatchMarks(client, token, epoch.decode() if isinstance(epoch, bytes) else str(epoch))
+    line = Line(client)
+    try:
+        epoch = line.script(_OPEN_SHA, [_EPOCH_KEY, batch_key(token)], [uuid.uuid4().hex, ttl_seconds])
+    except BaseException:
+        line.close()
+        raise
+    return BatchMarks(line, token, epoch.decode() if isinstance(epoch, bytes) else str(epoch))
 
 
 def verdict(client: redis.Redis, claim_mark: str, delivery_id: int) -> str:
@@ -145,7 +140,7 @@ def verdict(client: redis.Redis, claim_mark: str, delivery_id: int) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
-_SOURCES = {"open": _OPEN, "about": _ABOUT, "verdict": _VERDICT}
+_SOURCES = {"verdict": _VERDICT}
 _registered: dict[str, Any] = {}
 
 

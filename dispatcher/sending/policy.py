@@ -13,6 +13,7 @@ import redis
 from dispatcher.broker import keys
 from dispatcher.core.settings import Settings
 from dispatcher.core.states import Channel
+from dispatcher.sending.line import Line
 from dispatcher.sending.ratelimit import Limit, Quota, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,16 @@ class Limits:
         per_day = s.email_daily_quota if channel is Channel.EMAIL else s.sms_daily_quota
         return limits, (Quota(channel.value, per_day) if per_day else None)
 
-    def acquire(self, channel: Channel, contact: str, cost: int = 1, token: str | None = None) -> float:
-        """Wait for a slot; returns 0 when the send may leave now, else how long it must still wait."""
+    def acquire(
+        self, channel: Channel, contact: str, cost: int = 1, token: str | None = None, via: Line | None = None
+    ) -> float:
+        """Wait for a slot; returns 0 when the send may leave now, else how long it must still wait.
+        ``via``: the batch's line (its queued writes go in the same round trip)."""
         limits, quota = self.limits_for(channel, contact)
         if self.limiter is None or (not limits and quota is None):
             return 0.0
-        return self.limiter.acquire(limits, quota, cost, max_wait=self.settings.rate_max_wait_seconds, token=token)
+        wait = self.settings.rate_max_wait_seconds
+        return self.limiter.acquire(limits, quota, cost, max_wait=wait, token=token, via=via)
 
     def applies(self, channel: Channel, contact: str) -> bool:
         """Whether a send to this contact may have to wait for a slot (a rate limit or a daily quota)."""
@@ -53,7 +58,7 @@ class Limits:
 
     def sent(self, channel: Channel, contact: str, token: str, cost: int = 1, pipe: Any = None) -> None:
         """The provider call for slot ``token`` is over: count the send from now (it may have arrived now).
-        With ``pipe`` (a Redis pipeline) the re-stamp is only queued on it."""
+        With ``pipe`` (a Redis pipeline, or a batch's line) the re-stamp is only queued on it."""
         limits, _ = self.limits_for(channel, contact)
         if self.limiter is None or not limits:
             return

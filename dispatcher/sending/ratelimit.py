@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from dispatcher.broker import keys
+from dispatcher.sending.line import Line, register
 
 # KEYS: window scopes..., their burst sets (same order), then quota buckets (current hour first)
 # ARGV: now_us?(unused) n_windows cap1 window_us1 ... n_quota quota hour_us cost member_prefix
@@ -51,11 +52,12 @@ for i = 1, n_windows do
   -- and no burst: a tenth of the window holds at most a tenth of the cap. Counted on slot times (the
   -- burst set is never re-stamped), or the end-of-call stamps would stretch every tenth by a call.
   redis.call('ZREMRANGEBYSCORE', burst, '-inf', now - sub - 1)
-  local recent = redis.call('ZRANGEBYSCORE', burst, now - sub, '+inf', 'WITHSCORES')
-  local sub_used = #recent / 2
+  local sub_used = redis.call('ZCOUNT', burst, now - sub, '+inf')
   if sub_used + cost > subcap and sub_used > 0 then
+    -- only the entry that has to age out is read (a high cap keeps many entries in a tenth)
     local need = math.min(sub_used, sub_used + cost - subcap)
-    local w = tonumber(recent[need * 2]) + sub - now + 1
+    local entry = redis.call('ZRANGEBYSCORE', burst, now - sub, '+inf', 'WITHSCORES', 'LIMIT', need - 1, 1)
+    local w = tonumber(entry[2]) + sub - now + 1
     if w > wait then wait = w end
   end
 end
@@ -137,13 +139,20 @@ class RateLimiter:
         self.margin = margin
         self._script = client.register_script(_ACQUIRE)
         self._sent = client.register_script(_SENT)
+        register(_ACQUIRE), register(_SENT)
 
     def try_acquire(
-        self, limits: list[Limit], quota: Quota | None = None, cost: int = 1, token: str | None = None
+        self,
+        limits: list[Limit],
+        quota: Quota | None = None,
+        cost: int = 1,
+        token: str | None = None,
+        via: Line | None = None,
     ) -> float:
         """Take ``cost`` slots in every limit at once, or none. Returns 0, or seconds to wait.
 
-        ``token`` names the slots, for :meth:`sent` once the provider call is over.
+        ``token`` names the slots, for :meth:`sent` once the provider call is over. ``via``: a batch's
+        line, whose queued writes go in the same round trip.
         """
         keys_: list[str] = []
         args: list[int | str] = [len(limits), 0, token or uuid.uuid4().hex]
@@ -164,7 +173,10 @@ class RateLimiter:
             args += [24, quota.per_day, HOUR_US]
         else:
             args += [0]
-        wait_us = int(self._script(keys=keys_, args=args))
+        if via is not None:
+            wait_us = int(via.script(self._script.sha, keys_, args))
+        else:
+            wait_us = int(self._script(keys=keys_, args=args))
         return wait_us / 1_000_000
 
     def acquire(
@@ -174,13 +186,14 @@ class RateLimiter:
         cost: int = 1,
         max_wait: float = 30.0,
         token: str | None = None,
+        via: Line | None = None,
     ) -> float:
         """Block until the send may leave; returns 0, or the wait still needed if over ``max_wait``."""
         if not limits and quota is None:
             return 0.0
         deadline = time.monotonic() + max_wait
         while True:
-            wait = self.try_acquire(limits, quota, cost, token)
+            wait = self.try_acquire(limits, quota, cost, token, via)
             if wait <= 0:
                 return 0.0
             if time.monotonic() + wait > deadline:
@@ -190,12 +203,12 @@ class RateLimiter:
 
     def sent(self, limits: list[Limit], token: str, cost: int = 1, client: Any = None) -> None:
         """The provider call that took slots ``token`` is over: they count from now on (see the module).
-        ``client``: a pipeline to queue the call on instead."""
+        ``client``: a pipeline or a batch's :class:`Line` to queue the call on instead."""
         if not limits:
             return
         cost = max(1, min([cost, *(limit.cap_and_window_us[0] for limit in limits)]))
         names = [keys.rate(limit.scope) for limit in limits]
         if client is None:
             self._sent(keys=names, args=[cost, token])
-        else:  # queued on a pipeline as a plain EVALSHA (the caller loads the script if the server lacks it)
+        else:  # queued as a plain EVALSHA (a line loads the script if the server lacks it; see line.py)
             client.evalsha(self._sent.sha, len(names), *names, cost, token)
