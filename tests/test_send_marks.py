@@ -213,6 +213,37 @@ def test_the_sweep_and_a_live_worker_never_both_own_a_delivery(mrt, tmp_path, re
         batch.about(ids[0])
 
 
+def test_under_a_rate_cap_the_slot_and_the_mark_are_taken_in_one_step(mrt, tmp_path, redis_url) -> None:
+    from dispatcher.sending.ratelimit import Limit, RateLimiter
+
+    # Given a claimed batch of three, and the sweep revoking the second before the worker reaches it
+    ids, _rows = _enqueue(mrt, tmp_path, 3)
+    client = redis.Redis.from_url(redis_url)
+    batch = marks.open_batch(client, 600)
+    mrt.ledger.claim_many([mrt.ledger.get(i) for i in ids], mark=batch.claim_mark, now=clock.now())
+    assert marks.verdict(client, batch.claim_mark, ids[1]) == marks.REVOKED
+    limiter, roomy, full = RateLimiter(client), [Limit("t-roomy", 1000)], [Limit("t-full", 1)]
+    # When the first takes its slot: it is marked "about to send" by the same script
+    batch.outcome(ids[0] - 1, marks.SENT, "ses", "m-0")  # a queued write goes with it
+    assert limiter.try_acquire(roomy, run=batch.with_slot(ids[0])) == 0
+    assert marks.verdict(client, batch.claim_mark, ids[0]) == marks.ABOUT and batch.marked == {ids[0]}
+    assert client.hget(marks.batch_key(batch.token), str(ids[0] - 1)) == b"s\tses\tm-0"
+    # Then the revoked one takes no slot and is refused
+    with pytest.raises(marks.Revoked):
+        limiter.try_acquire(roomy, run=batch.with_slot(ids[1]))
+    assert client.zcard(keys.rate("t-roomy")) == 1
+    # And one that must wait for a slot is not marked (the sweep may still give it back)
+    assert limiter.try_acquire(full) == 0
+    assert limiter.try_acquire(full, run=batch.with_slot(ids[2])) > 0
+    assert marks.verdict(client, batch.claim_mark, ids[2]) == marks.REVOKED and ids[2] not in batch.marked
+    # And with the hash gone nothing more is marked, nor a slot taken
+    client.delete(marks.batch_key(batch.token))
+    with pytest.raises(marks.MarksLost):
+        limiter.try_acquire(roomy, run=batch.with_slot(ids[0]))
+    assert client.zcard(keys.rate("t-roomy")) == 1
+    batch.close()
+
+
 def test_without_its_marks_hash_a_batch_sends_nothing_more(mrt, tmp_path, moto, redis_url, monkeypatch) -> None:
     # Given a batch whose hash disappears (Redis flushed) after its first send
     ids, _rows = _enqueue(mrt, tmp_path, 4, sms_every=10**9)

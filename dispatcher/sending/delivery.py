@@ -276,8 +276,10 @@ def _take_slot(rt: Runtime, delivery: Delivery, marks: send_marks.BatchMarks | N
     # An SMS costs its parts, counted at enqueue from the same template and fields.
     cost = (delivery.sms_parts or 1) if delivery.channel is Channel.SMS else 1
     slot = Slot(uuid.uuid4().hex, cost)
-    via = marks.line if marks is not None else None  # with the previous send's outcome and re-stamp
-    return slot, rt.limits.acquire(delivery.channel, delivery.contact, cost=cost, token=slot.token, via=via)
+    # With marks: the slot and this delivery's "about to send" mark in one script, in one round trip with
+    # the previous send's outcome mark and re-stamp (queued on the batch's line).
+    run = marks.with_slot(delivery.id) if marks is not None else None
+    return slot, rt.limits.acquire(delivery.channel, delivery.contact, cost=cost, token=slot.token, run=run)
 
 
 def _send_one(
@@ -297,12 +299,15 @@ def _send_one(
     if delivery.channel in held:
         return outcomes.given_back(delivery, "waiting for a rate slot", held[delivery.channel])
     if slot is None:
-        slot, wait = _take_slot(rt, delivery, marks)
+        try:
+            slot, wait = _take_slot(rt, delivery, marks)
+        except send_marks.Revoked:
+            return None
         if wait > 0:
             held[delivery.channel] = again = clock.now() + timedelta(seconds=wait)
             log.info("delivery %s: quota or rate limit, next slot in %.0fs", delivery.id, wait)
             return outcomes.given_back(delivery, "waiting for a rate slot", again)
-    if marks is not None and not marks.about(delivery.id):
+    if marks is not None and delivery.id not in marks.marked and not marks.about(delivery.id):
         return None
     try:
         return _call_and_settle(rt, delivery, outgoing, record.campaign.send_by, slot, marks, after)

@@ -13,8 +13,7 @@ import redis
 from dispatcher.broker import keys
 from dispatcher.core.settings import Settings
 from dispatcher.core.states import Channel
-from dispatcher.sending.line import Line
-from dispatcher.sending.ratelimit import Limit, Quota, RateLimiter
+from dispatcher.sending.ratelimit import Limit, Quota, RateLimiter, Runner
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +40,15 @@ class Limits:
         return limits, (Quota(channel.value, per_day) if per_day else None)
 
     def acquire(
-        self, channel: Channel, contact: str, cost: int = 1, token: str | None = None, via: Line | None = None
+        self, channel: Channel, contact: str, cost: int = 1, token: str | None = None, run: Runner | None = None
     ) -> float:
         """Wait for a slot; returns 0 when the send may leave now, else how long it must still wait.
-        ``via``: the batch's line (its queued writes go in the same round trip)."""
+        ``run``: how the limiter's script is run (a batch takes the slot and its send mark in one)."""
         limits, quota = self.limits_for(channel, contact)
         if self.limiter is None or (not limits and quota is None):
             return 0.0
         wait = self.settings.rate_max_wait_seconds
-        return self.limiter.acquire(limits, quota, cost, max_wait=wait, token=token, via=via)
+        return self.limiter.acquire(limits, quota, cost, max_wait=wait, token=token, run=run)
 
     def applies(self, channel: Channel, contact: str) -> bool:
         """Whether a send to this contact may have to wait for a slot (a rate limit or a daily quota)."""

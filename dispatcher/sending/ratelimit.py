@@ -17,13 +17,18 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from dispatcher.broker import keys
-from dispatcher.sending.line import Line, register
+from dispatcher.sending.line import register
+
+#: Runs the acquire script (its keys, its arguments) and returns its reply: by default on the limiter's
+#: client; a batch runs it together with its send mark (dispatcher/sending/marks.py).
+Runner = Callable[[list[str], list[Any]], Any]
 
 # KEYS: window scopes..., their burst sets (same order), then quota buckets (current hour first)
 # ARGV: now_us?(unused) n_windows cap1 window_us1 ... n_quota quota hour_us cost member_prefix
@@ -105,6 +110,9 @@ end
 return 0
 """
 
+#: The acquire script as a Lua function of (KEYS, ARGV), for a script that takes a slot and does more.
+ACQUIRE_FUNCTION = f"local function acquire(KEYS, ARGV)\n{_ACQUIRE}\nend\n"
+
 HOUR_US = 3_600_000_000
 #: The window is also cut in this many slices, each holding at most its share of the cap: sends flow
 #: evenly instead of bursting at each window boundary (carriers throttle bursts).
@@ -147,12 +155,12 @@ class RateLimiter:
         quota: Quota | None = None,
         cost: int = 1,
         token: str | None = None,
-        via: Line | None = None,
+        run: Runner | None = None,
     ) -> float:
         """Take ``cost`` slots in every limit at once, or none. Returns 0, or seconds to wait.
 
-        ``token`` names the slots, for :meth:`sent` once the provider call is over. ``via``: a batch's
-        line, whose queued writes go in the same round trip.
+        ``token`` names the slots, for :meth:`sent` once the provider call is over. ``run``: how to run
+        the script (see :data:`Runner`).
         """
         keys_: list[str] = []
         args: list[int | str] = [len(limits), 0, token or uuid.uuid4().hex]
@@ -173,10 +181,7 @@ class RateLimiter:
             args += [24, quota.per_day, HOUR_US]
         else:
             args += [0]
-        if via is not None:
-            wait_us = int(via.script(self._script.sha, keys_, args))
-        else:
-            wait_us = int(self._script(keys=keys_, args=args))
+        wait_us = int(run(keys_, args) if run is not None else self._script(keys=keys_, args=args))
         return wait_us / 1_000_000
 
     def acquire(
@@ -186,14 +191,14 @@ class RateLimiter:
         cost: int = 1,
         max_wait: float = 30.0,
         token: str | None = None,
-        via: Line | None = None,
+        run: Runner | None = None,
     ) -> float:
         """Block until the send may leave; returns 0, or the wait still needed if over ``max_wait``."""
         if not limits and quota is None:
             return 0.0
         deadline = time.monotonic() + max_wait
         while True:
-            wait = self.try_acquire(limits, quota, cost, token, via)
+            wait = self.try_acquire(limits, quota, cost, token, run)
             if wait <= 0:
                 return 0.0
             if time.monotonic() + wait > deadline:
