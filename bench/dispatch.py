@@ -208,7 +208,7 @@ def run_ours(redis_url: str, n: int, prefetch: int, profile_seconds: float = 0.0
             sent = sum(v for (_, st), v in counts.items() if st == "sent")
             if profile_seconds and profiler is None and sent >= n // 5 and (workers := workers_of(top)):
                 profiler = threading.Thread(
-                    target=lambda pid=workers[0].pid: profile.append(sampling.record(pid, profile_seconds))
+                    target=lambda pid=workers[0].pid: profile.append(sampling.record(pid, profile_seconds, gil=True))
                 )
                 profiler.start()
             rss = []
@@ -584,7 +584,7 @@ def report(args: argparse.Namespace, n: int, runs: list[Run], boto_rate: float, 
     if profiled:
         body += (
             f"\n\nWhere a worker's time goes (py-spy, {args.profile:g} s of one worker process from a fifth of "
-            f"the run on, no caps, prefetch {args.prefetch}; samples of threads on the CPU):\n\n"
+            f"the run on, no caps, prefetch {args.prefetch}; in each sample the thread holding the GIL):\n\n"
             + sampling.table(sampling.share(profiled, WORKER_PARTS))
         )
     return body

@@ -19,8 +19,11 @@ def py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
-def record(pid: int, seconds: float, rate: int = 200) -> list[tuple[list[str], int]] | None:
-    """Samples of process ``pid`` (and its threads) for ``seconds``: (stack, count), root first."""
+def record(pid: int, seconds: float, rate: int = 200, gil: bool = False) -> list[tuple[list[str], int]] | None:
+    """Samples of process ``pid`` (and its threads) for ``seconds``: (stack, count), root first.
+
+    ``gil``: only the thread holding the GIL in each sample (where a many-threaded process spends its
+    Python CPU; without it, a thread waiting for the GIL after a socket read counts as running)."""
     exe = py_spy()
     if exe is None:
         return None
@@ -40,6 +43,7 @@ def record(pid: int, seconds: float, rate: int = 200) -> list[tuple[list[str], i
                 "--output",
                 out.name,
                 "--nonblocking",
+                *(["--gil"] if gil else []),
             ],
             capture_output=True,
             text=True,

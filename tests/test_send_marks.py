@@ -294,3 +294,57 @@ def test_a_breaker_that_cannot_reach_redis_does_not_undo_a_refusal(mrt, tmp_path
     with pytest.raises(redis.RedisError):
         mrt.breaker.record_failure("m")  # as it is: it raises
     outcomes.count_failure(mrt, "m")  # the send path's call does not
+
+
+def test_a_batch_record_stores_each_outcome_as_given(mrt, tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from dispatcher.ledger.store import Settle
+
+    # Given three claimed deliveries and outcomes that set every column a record sets, with awkward text
+    ids, _rows = _enqueue(mrt, tmp_path, 3)
+    claimed = mrt.ledger.claim_many([mrt.ledger.get(i) for i in ids], mark="e/t", now=clock.now())
+    at = datetime(2023, 4, 5, 1, 2, 3, 456789, tzinfo=UTC)
+    later = datetime(2023, 4, 6, 10, 0, tzinfo=UTC)
+    odd = 'a "quoted", {braced} \\ back\\slash, 日本語 ✓, NULL'
+    settles = [
+        Settle(
+            claimed[0],
+            Status.SENT,
+            {"provider": "ses", "provider_message_id": "m-1", "first_sent_at": at}
+            | {"last_event_at": at, "sms_parts": 2},
+            [(Status.SENT, odd, None)],
+            message_id="m-1",
+            at=at,
+        ),
+        Settle(
+            claimed[1],
+            Status.RETRYING,
+            {"not_before": later, "reason": odd, "provider_code": "Throttling"},
+            [(Status.RETRYING, "throttled", "Throttling")],
+            at=at,
+        ),
+        Settle(
+            claimed[2],
+            Status.FAILED,
+            {"reason": "refused", "fallback_due_at": later, "provider": "ses"},
+            [(Status.FAILED, None, "MessageRejected")],
+            at=at,
+        ),
+    ]
+    # When they are recorded as one batch under its claim mark
+    assert mrt.ledger.record_many(settles, mark="e/t") == set(ids)
+    # Then each row holds exactly its own values, and each trail its own step
+    sent, retrying, failed = (mrt.ledger.get(i) for i in ids)
+    assert (sent.status, sent.provider_message_id, sent.first_sent_at, sent.sms_parts) == (Status.SENT, "m-1", at, 2)
+    assert (retrying.status, retrying.not_before, retrying.reason) == (Status.RETRYING, later, odd)
+    assert retrying.provider_code == "Throttling" and retrying.attempts == 1
+    assert (failed.status, failed.fallback_due_at, failed.reason) == (Status.FAILED, later, "refused")
+    assert mrt.ledger.delivery_for_message("m-1", provider="ses", channel=sent.channel.value) == (ids[0], 1)
+    trails = [mrt.ledger.history(i)[-1] for i in ids]
+    assert [(t["from_status"], t["to_status"], t["detail"], t["provider_code"]) for t in trails] == [
+        ("sending", "sent", odd, None),
+        ("sending", "retrying", "throttled", "Throttling"),
+        ("sending", "failed", None, "MessageRejected"),
+    ]
+    assert {t["at"].replace(tzinfo=UTC) if t["at"].tzinfo is None else t["at"] for t in trails} == {at}

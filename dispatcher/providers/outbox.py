@@ -5,8 +5,10 @@ E-mails: one ``.eml`` per message under ``email/``; SMS: JSON lines in ``sms.jso
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -41,8 +43,23 @@ def _open_new(folder: str, name: str) -> int:
         return os.open(os.path.join(folder, name), flags, FILE_MODE)
 
 
+@functools.lru_cache(maxsize=1024)
 def _safe(reference: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in reference)
+
+
+_DIGITS_AND_DOTS = re.compile(r"[0-9.]+")
+
+
+def _file_name(reference: str) -> str:
+    # A delivery's reference is "<id>.<attempt>": already safe (and one per message, so not cached).
+    return f"{reference if _DIGITS_AND_DOTS.fullmatch(reference) else _safe(reference)}.eml"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @register
@@ -59,9 +76,11 @@ class EmailOutbox(Provider):
         # grew the interpreter's table of interned strings by megabytes over a large campaign.
         tmp = f".{message_id}.tmp"
         fd = _open_new(folder, tmp)
-        with open(fd, "wb") as fh:
-            fh.write(outgoing.raw)
-        os.replace(os.path.join(folder, tmp), os.path.join(folder, f"{_safe(outgoing.reference)}.eml"))
+        try:
+            _write_all(fd, outgoing.raw)
+        finally:
+            os.close(fd)
+        os.replace(os.path.join(folder, tmp), os.path.join(folder, _file_name(outgoing.reference)))
         return SendResult(self.name, message_id)
 
 
