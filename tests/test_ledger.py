@@ -198,6 +198,39 @@ def test_a_first_wave_ledger_is_brought_up_to_date_without_losing_a_row(ledger: 
         again.dispose()
 
 
+def test_full_indexes_of_an_earlier_version_are_replaced_by_partial_ones(ledger: Ledger, ledger_url: str) -> None:
+    from sqlalchemy import inspect
+
+    # Given a ledger as the previous version left it: full indexes on two columns that are mostly NULL
+    ledger.add_deliveries("test-campaign", [make_row(i) for i in range(3)])
+    with ledger.write() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_deliveries_provider_message_set")
+        conn.exec_driver_sql("DROP INDEX ix_deliveries_fallback_owed")
+        conn.exec_driver_sql("CREATE INDEX ix_deliveries_provider_message ON deliveries (provider_message_id)")
+        conn.exec_driver_sql("CREATE INDEX ix_deliveries_fallback_due ON deliveries (fallback_due_at)")
+    ledger.dispose()
+    # When the program starts on it
+    again = Ledger(ledger_url)
+    try:
+        # Then the old indexes are gone, the partial ones are there, and every row is kept
+        with again.read() as conn:
+            found = {i["name"]: i for i in inspect(conn).get_indexes("deliveries")}
+        assert "ix_deliveries_provider_message" not in found and "ix_deliveries_fallback_due" not in found
+        assert {"ix_deliveries_provider_message_set", "ix_deliveries_fallback_owed"} <= set(found)
+        if again.dialect == "postgresql":
+            with again.read() as conn:
+                where = conn.exec_driver_sql(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'deliveries'"
+                ).all()
+            defs = dict(where)
+            assert "WHERE (provider_message_id IS NOT NULL)" in defs["ix_deliveries_provider_message_set"]
+            assert "WHERE (fallback_due_at IS NOT NULL)" in defs["ix_deliveries_fallback_owed"]
+        assert len(again.in_status("test-campaign", [Status.QUEUED])) == 3
+        Ledger(ledger_url).dispose()  # a second start finds nothing to change
+    finally:
+        again.dispose()
+
+
 def test_a_ledger_from_a_newer_program_is_refused(ledger: Ledger, ledger_url: str) -> None:
     from dispatcher.core.errors import ConfigError
     from dispatcher.ledger.schema import schema_version

@@ -20,6 +20,7 @@ from dispatcher.core.errors import ConfigError
 
 from .records import CampaignRecord
 from .schema import (
+    RETIRED_INDEXES,
     SCHEMA_VERSION,
     metadata,
     provider_messages,
@@ -133,6 +134,10 @@ class BaseLedger:
                 if index.name not in indexes:
                     conn.execute(CreateIndex(index, if_not_exists=True))
                     log.info("ledger schema: added index %s", index.name)
+            for name in RETIRED_INDEXES.get(table.name, ()):
+                if name in indexes:
+                    conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{name}"')
+                    log.info("ledger schema: dropped index %s (replaced)", name)
 
     def dispose(self) -> None:
         self._reader.dispose()

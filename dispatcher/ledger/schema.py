@@ -120,8 +120,20 @@ deliveries = Table(
     UniqueConstraint("campaign_id", "user_id", name="uq_delivery_campaign_user"),
     Index("ix_deliveries_campaign_status", "campaign_id", "status", "channel"),
     Index("ix_deliveries_status_not_before", "status", "not_before"),
-    Index("ix_deliveries_provider_message", "provider_message_id"),
-    Index("ix_deliveries_fallback_due", "fallback_due_at"),
+    # Partial, like the inquiry index below: most rows have neither (every row at enqueue and at its claim),
+    # and an update that moves a row's state writes a new entry into every index that holds the row.
+    Index(
+        "ix_deliveries_provider_message_set",
+        "provider_message_id",
+        postgresql_where=text("provider_message_id IS NOT NULL"),
+        sqlite_where=text("provider_message_id IS NOT NULL"),
+    ),
+    Index(
+        "ix_deliveries_fallback_owed",
+        "fallback_due_at",
+        postgresql_where=text("fallback_due_at IS NOT NULL"),
+        sqlite_where=text("fallback_due_at IS NOT NULL"),
+    ),
     #: Partial: most rows have no inquiry number, and a row without one costs the index nothing at enqueue.
     Index(
         "ix_deliveries_campaign_inquiry",
@@ -250,3 +262,8 @@ redemptions = Table(
 
 #: 2: second wave (added by :meth:`BaseLedger.migrate` to a version-1 ledger without losing a row).
 SCHEMA_VERSION = 2
+
+
+#: Indexes an earlier version made that this one replaced (by a partial index of another name): dropped by
+#: :meth:`~dispatcher.ledger.connection.BaseLedger.migrate` once their replacement exists.
+RETIRED_INDEXES = {"deliveries": ("ix_deliveries_provider_message", "ix_deliveries_fallback_due")}
