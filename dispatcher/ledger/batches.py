@@ -71,11 +71,14 @@ _MESSAGE = (
     "INSERT INTO provider_messages (message_id, delivery_id, attempt, channel, provider, sent_at) "
     "VALUES (:m, :id, :attempt, :ch, :p, :at) ON CONFLICT (message_id) DO NOTHING"
 )
+#: The counters move in key order: two statements upserting the same counters in different orders
+#: deadlock (seen at a pool's start, when two batches create the same new counter rows).
 _COUNTED = (
     "counted AS (INSERT INTO delivery_counts (campaign_id, channel, status, shard, n) "
     "SELECT campaign_id, channel, status, CAST(:shard AS integer), sum(n) FROM ("
     "SELECT campaign_id, channel, CAST(f AS text) AS status, -1 AS n FROM moved UNION ALL "
     "SELECT campaign_id, channel, CAST(t AS text), 1 FROM moved) c GROUP BY campaign_id, channel, status "
+    "ORDER BY campaign_id, channel, status "
     "ON CONFLICT (campaign_id, channel, status, shard) DO UPDATE SET n = delivery_counts.n + excluded.n)"
 )
 # The batch's rows go as one JSON parameter (json_to_recordset): json.dumps is C; psycopg's dumper of a Python

@@ -102,10 +102,11 @@ class MoveLedger(DeliveryLedger):
             )
         sql.append(
             ", counted AS (INSERT INTO delivery_counts (campaign_id, channel, status, shard, n) "
-            "SELECT campaign_id, CAST(:from_channel AS text), CAST(:_from AS text), "
-            "CAST(:from_shard AS integer), -1 FROM moved UNION ALL "
+            "SELECT * FROM (SELECT campaign_id, CAST(:from_channel AS text) AS channel, "
+            "CAST(:_from AS text) AS status, CAST(:from_shard AS integer) AS shard, -1 AS n FROM moved UNION ALL "
             "SELECT campaign_id, CAST(:to_channel AS text), CAST(:to_status AS text), "
-            "CAST(:to_shard AS integer), 1 FROM moved "
+            "CAST(:to_shard AS integer), 1 FROM moved) c "
+            "ORDER BY campaign_id, channel, status, shard "  # key order, as batches.py: no deadlock between moves
             "ON CONFLICT (campaign_id, channel, status, shard) "
             "DO UPDATE SET n = delivery_counts.n + excluded.n)"
         )
