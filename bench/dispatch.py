@@ -146,16 +146,17 @@ class Ours:
 
 DESIGN = """A broker message carries 20 delivery ids (`DISPATCHER_SEND_BATCH`). The worker thread reads all 20
 (with their campaign's state and version and their contacts' suppressions) in one query, runs the pre-claim
-checks (dispatcher/sending/checks.py), opens the batch's hash of send marks in Redis (one script call) and
-claims every delivery that may go in one compare-and-set statement (each delivery's own audit row and
-attempt number, the counters by campaign and channel). Then, one after the other: render, rate slot (when a
-cap applies), one Redis round trip that writes the "about to send" mark of this delivery together with the
-provider's answer for the previous one, the provider call. At the end one more statement records every
-outcome (state, provider message id, audit rows, counters, `provider_messages`) and the hash is deleted.
-Provider events that arrived before their send was recorded are looked for once per batch, after the record.
-That is four ledger statements for 20 deliveries on PostgreSQL (0.2 per delivery; each runs outside an
-explicit transaction, so each is one commit); before this design it was 2.1 per delivery, one claim and one
-record per send."""
+checks (dispatcher/sending/checks.py), opens the batch's hash of send marks in Redis (one script call, on a
+connection the batch holds until it is done: dispatcher/sending/line.py) and claims every delivery that may
+go in one compare-and-set statement (each delivery's own audit row and attempt number, the counters by
+campaign and channel; the rows go as one JSON parameter). Then, one after the other: render, one Redis
+round trip that writes the "about to send" mark of this delivery (under a rate cap: takes the rate slot and
+writes the mark in one script) together with the previous send's outcome mark and rate re-stamp, the
+provider call. At the end one more statement records every outcome (state, provider message id, audit
+rows, counters, `provider_messages`) and the hash is deleted. Provider events that arrived before their
+send was recorded are looked for once per batch, after the record. That is four ledger statements for 20
+deliveries on PostgreSQL (0.2 per delivery; each runs outside an explicit transaction, so each is one
+commit); before this design it was 2.1 per delivery, one claim and one record per send."""
 
 #: The parts of a worker's time in the profile (the first marker found in a sample's stack takes it).
 WORKER_PARTS = [
