@@ -231,6 +231,34 @@ def test_full_indexes_of_an_earlier_version_are_replaced_by_partial_ones(ledger:
         again.dispose()
 
 
+def test_several_processes_starting_on_an_old_ledger_at_once_migrate_it_once(ledger: Ledger, ledger_url: str) -> None:
+    # Given a ledger with the full indexes of the previous version
+    with ledger.write() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_deliveries_provider_message_set")
+        conn.exec_driver_sql("DROP INDEX ix_deliveries_fallback_owed")
+        conn.exec_driver_sql("CREATE INDEX ix_deliveries_provider_message ON deliveries (provider_message_id)")
+        conn.exec_driver_sql("CREATE INDEX ix_deliveries_fallback_due ON deliveries (fallback_due_at)")
+    ledger.dispose()
+    # When six start at the same moment (a worker pool, the sweeper, a command)
+    errors: list[BaseException] = []
+    go = threading.Barrier(6)
+
+    def start() -> None:
+        try:
+            go.wait()
+            Ledger(ledger_url).dispose()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then every one started (none deadlocked with another's index changes)
+    assert errors == []
+
+
 def test_a_ledger_from_a_newer_program_is_refused(ledger: Ledger, ledger_url: str) -> None:
     from dispatcher.core.errors import ConfigError
     from dispatcher.ledger.schema import schema_version

@@ -348,3 +348,40 @@ def test_a_batch_record_stores_each_outcome_as_given(mrt, tmp_path) -> None:
         ("sending", "failed", None, "MessageRejected"),
     ]
     assert {t["at"].replace(tzinfo=UTC) if t["at"].tzinfo is None else t["at"] for t in trails} == {at}
+
+
+def test_a_batch_gives_its_redis_connection_back_when_the_ledger_fails(mrt, tmp_path, monkeypatch) -> None:
+    # Given a ledger whose claim fails (a statement timeout, a deadlock)
+    ids, _rows = _enqueue(mrt, tmp_path, 2)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("claim failed")
+
+    monkeypatch.setattr(mrt.ledger, "claim_many", failing)
+    deliver_many(mrt, ids)  # the first batch opens the connections the pool keeps
+    before = len(mrt.redis.client_list())
+    # When five batches fail the same way
+    for _ in range(5):
+        assert isinstance(deliver_many(mrt, ids).error, RuntimeError)
+    # Then no batch kept its connection: the pool gave the same one to each
+    assert len(mrt.redis.client_list()) == before
+
+
+def test_writes_queued_on_a_batch_line_survive_a_broken_connection(redis_url) -> None:
+    from dispatcher.sending.line import Line
+
+    # Given a line with a mark queued, whose connection the server drops
+    client = redis.Redis.from_url(redis_url)
+    line = Line(client)
+    try:
+        own_id = line.call("CLIENT", "ID")
+        line.hset("t-line", {"7": "s\tses\tm-7"})
+        client.client_kill_filter(_id=own_id)
+        # When the next round trip fails on the dropped connection
+        with pytest.raises(redis.exceptions.ConnectionError):
+            line.call("PING")
+        # Then the queued mark goes with the round trip after it, on a new connection
+        assert line.call("HGET", "t-line", "7") == b"s\tses\tm-7"
+    finally:
+        client.delete("t-line")
+        line.close()

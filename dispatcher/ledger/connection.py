@@ -29,6 +29,9 @@ from .schema import (
 
 log = logging.getLogger(__name__)
 
+#: The advisory lock key one migration at a time holds on PostgreSQL ("dispatch" in ASCII).
+_MIGRATE_LOCK = int.from_bytes(b"dispatch", "big")
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
@@ -103,11 +106,15 @@ class BaseLedger:
 
         The program owns its schema and changes it only by addition: a new table, a nullable column or an
         index declared in :mod:`.schema` is created here on the first start of a newer program, so a ledger
-        written by an earlier version keeps every row. Several processes may start at once: PostgreSQL
-        takes ``IF NOT EXISTS``; SQLite serialises writers, and the check runs inside the write lock.
+        written by an earlier version keeps every row (an index an earlier version made that a new one
+        replaces is dropped). Several processes may start at once, so one migrates at a time: on PostgreSQL
+        under a transaction-scoped advisory lock (two starts creating and dropping the same indexes at once
+        deadlock), on SQLite inside the write lock.
         """
-        metadata.create_all(self._writer)
         with self.write() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})")
+            metadata.create_all(conn)
             self._add_missing(conn)
             current = conn.execute(select(func.max(schema_version.c.version))).scalar()
             if current is not None and current > SCHEMA_VERSION:

@@ -208,6 +208,24 @@ def _send_batch(
     if not ready:
         return
     marks = send_marks.open_batch(rt.redis, rt.settings.send_mark_ttl_seconds) if rt.redis is not None else None
+    try:
+        _send_claimed(rt, ready, result, after, started, limit, slots, marks)
+    finally:
+        if marks is not None:  # its connection goes back on every path; the hash stays unless recorded
+            marks.release()
+
+
+def _send_claimed(
+    rt: Runtime,
+    ready: list[tuple[Delivery, CampaignRecord]],
+    result: BatchResult,
+    after: _AfterBatch,
+    started: float,
+    limit: float,
+    slots: dict[int, Slot],
+    marks: send_marks.BatchMarks | None,
+) -> None:
+    ledger = rt.ledger
     claimed = ledger.claim_many([d for d, _ in ready], mark=marks.claim_mark if marks else None, now=clock.now())
     records = {d.id: r for d, r in ready}
     taken = {d.id for d in claimed}

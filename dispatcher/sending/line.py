@@ -47,23 +47,34 @@ class Line:
 
     def call(self, *command: Any) -> Any:
         """The queued commands, then this one, in one round trip; this one's reply."""
-        return self._round_trip([*self.queued, command])[-1]
+        queued = self.queued
+        try:
+            return self._round_trip([*queued, command])[-1]
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # The queued writes may not have arrived: they go again with the next round trip (each one writes
+            # this batch's own field, or moves a rate entry later; both are safe to repeat). This command's
+            # caller sees the error and does not act on it.
+            self.queued = [*queued, *self.queued]
+            raise
 
     def script(self, sha: str, keys: list[Any], args: list[Any]) -> Any:
         """A registered script (see :func:`register`), with the queued commands; its reply."""
         return self.call("EVALSHA", sha, len(keys), *keys, *args)
 
     def flush(self) -> None:
-        if self.queued:
-            self._round_trip(self.queued)
+        queued = self.queued
+        if queued:
+            try:
+                self._round_trip(queued)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                self.queued = [*queued, *self.queued]
+                raise
 
     def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         conn = self._conn
         if conn is None:
             raise redis.exceptions.ConnectionError("the batch's Redis line is closed")
-        # Gone from the queue whatever happens: a write lost with a broken connection is a mark that the
-        # sweep reads as the worst case, or a re-stamp the slot's first stamp stands in for.
-        self.queued = []
+        self.queued = []  # (put back by call/flush when the connection failed)
         conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []
         for _ in commands:

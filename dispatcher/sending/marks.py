@@ -156,6 +156,10 @@ class BatchMarks:
         finally:
             self.line.close()
 
+    def release(self) -> None:
+        """The line goes back to the pool (again: harmless); the hash stays, for the sweep."""
+        self.line.close()
+
 
 def open_batch(client: redis.Redis, ttl_seconds: int) -> BatchMarks:
     """A new batch's hash, before its claim. Raises Redis errors (then nothing is claimed)."""
