@@ -234,7 +234,8 @@ def _send_claimed(
             result.outcomes[d.id] = Outcome(None)  # another worker has it
     settles: list[Settle] = []
     held: dict[Channel, datetime] = {}
-    checked, stopped = time.monotonic(), set[str]()
+    # The state was read with the batch: a wait for the first rate slot before the claim counts.
+    checked, stopped = started, set[str]()
     for n, delivery in enumerate(claimed):
         if time.monotonic() - checked > STATE_RECHECK_SECONDS:  # a pause or cancel holds the rest of the batch
             checked, stopped = time.monotonic(), _stopped(rt, {d.campaign_id for d in claimed[n:]})
