@@ -12,10 +12,8 @@ mark, and never resends one whose outcome is unknown.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +28,12 @@ from dispatcher.ledger.readdress import fallback_owed
 from dispatcher.ledger.store import CampaignRecord, Delivery, Settle
 from dispatcher.providers.base import Outgoing, OutgoingEmail, OutgoingSms
 from dispatcher.runtime import Runtime
+from dispatcher.sending import cached, outcomes
 from dispatcher.sending import marks as send_marks
-from dispatcher.sending import outcomes
 from dispatcher.sending.checks import before_claim
 from dispatcher.sending.mime import build_raw
 from dispatcher.sending.outcomes import Outcome, backoff
 from dispatcher.sending.reminders import cancel_redeemed_reminders
-from dispatcher.sending.render import Renderer
 
 __all__ = ["BatchResult", "Outcome", "backoff", "build_outgoing", "deliver", "deliver_many"]
 
@@ -172,7 +169,7 @@ def _check(
     delivery, campaign_state, campaign_version, suppressed = found
     if delivery.status not in CLAIMABLE:
         return Outcome(delivery.status)  # a duplicate broker message: already handled
-    record = _campaign(rt, delivery.campaign_id, campaign_state, campaign_version)
+    record = cached.campaign(rt, delivery.campaign_id, campaign_state, campaign_version)
     if record is None:
         log.error("delivery %s: campaign %s missing from the ledger", delivery_id, delivery.campaign_id)
         return Outcome(None)
@@ -336,56 +333,9 @@ def _send_one(
         return outcomes.settle(delivery, name, exc, Status.UNKNOWN, f"delivery {delivery.id}: error after the call")
 
 
-class _SendCache:
-    """Per runtime: each campaign's record by the version it was read at, and the renderer for a record."""
-
-    def __init__(self) -> None:
-        self.campaigns: dict[str, tuple[tuple[datetime, str], CampaignRecord]] = {}
-        self.renderers: dict[str, tuple[CampaignRecord, Renderer]] = {}
-
-
-_caches: weakref.WeakKeyDictionary[Runtime, _SendCache] = weakref.WeakKeyDictionary()
-_caches_lock = threading.Lock()
-
-
-def _cache(rt: Runtime) -> _SendCache:
-    with _caches_lock:
-        cache = _caches.get(rt)
-        if cache is None:
-            cache = _caches[rt] = _SendCache()
-        return cache
-
-
-def _campaign(rt: Runtime, campaign_id: str, state: str | None, version: datetime | None) -> CampaignRecord | None:
-    """The campaign as it is now. Its state was just read with the delivery; the definition and templates
-    (a JSON document to parse) are read again only when the row changed: every change to a campaign
-    (saving its definition, pause, resume, cancel) sets its ``updated_at``."""
-    if state is None or version is None:
-        return rt.ledger.campaign(campaign_id, fresh=True)
-    cache = _cache(rt)
-    known = cache.campaigns.get(campaign_id)
-    if known is not None and known[0] == (version, state):
-        return known[1]
-    record = rt.ledger.campaign(campaign_id, fresh=True)
-    if record is not None and record.state == state:
-        cache.campaigns[campaign_id] = ((version, state), record)
-    return record
-
-
-def _renderer(rt: Runtime, record: CampaignRecord) -> Renderer:
-    """``rt.renderer(record)``, without hashing the templates again for a record already seen."""
-    cache = _cache(rt)
-    known = cache.renderers.get(record.campaign.id)
-    if known is not None and known[0] is record:
-        return known[1]
-    renderer = rt.renderer(record)
-    cache.renderers[record.campaign.id] = (record, renderer)
-    return renderer
-
-
 def build_outgoing(rt: Runtime, delivery: Delivery, record: CampaignRecord) -> Outgoing:
     """The message for a claimed delivery; its reference names the delivery and this attempt."""
-    renderer = _renderer(rt, record)
+    renderer = cached.renderer(rt, record)
     reference = f"{delivery.id}.{delivery.attempts}"
     if delivery.channel is Channel.EMAIL:
         email = renderer.email(delivery.fields, delivery.receipt_url)

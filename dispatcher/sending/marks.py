@@ -103,10 +103,6 @@ class BatchMarks:
     marked: set[int] = field(default_factory=set)
 
     @property
-    def client(self) -> redis.Redis:
-        return self.line.client
-
-    @property
     def claim_mark(self) -> str:
         """What the ledger keeps with each claimed delivery: the epoch and where the marks are."""
         return f"{self.epoch}/{self.token}"
