@@ -11,7 +11,6 @@ import os
 import re
 import threading
 import uuid
-from pathlib import Path
 
 from dispatcher.core import clock
 from dispatcher.core.errors import PermanentError
@@ -32,10 +31,9 @@ def _folder(path: str) -> str:
     return path
 
 
-def _open_new(folder: str, name: str) -> int:
-    """A new 0600 file (whatever the umask: a message holds the receipt URL and the address); the folder
-    is made again if it went away during the run."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+def _open_in(folder: str, name: str, flags: int) -> int:
+    """A file of the outbox, created 0600 whatever the umask (a message holds the receipt URL and the
+    address); the folder is made again if it went away during the run."""
     try:
         return os.open(os.path.join(folder, name), flags, FILE_MODE)
     except FileNotFoundError:
@@ -75,7 +73,7 @@ class EmailOutbox(Provider):
         # File names as plain strings: pathlib interns every path part it parses, and a name per message
         # grew the interpreter's table of interned strings by megabytes over a large campaign.
         tmp = f".{message_id}.tmp"
-        fd = _open_new(folder, tmp)
+        fd = _open_in(folder, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             _write_all(fd, outgoing.raw)
         finally:
@@ -92,7 +90,7 @@ class SmsOutbox(Provider):
     def _send(self, outgoing: Outgoing) -> SendResult:
         if not isinstance(outgoing, OutgoingSms):
             raise PermanentError("outbox: not an SMS", code="WrongChannel")
-        folder = Path(_folder(str(self.settings.outbox_path)))
+        folder = _folder(str(self.settings.outbox_path))
         message_id = f"outbox-{uuid.uuid4()}"
         line = (
             json.dumps(
@@ -114,11 +112,7 @@ class SmsOutbox(Provider):
         data = line.encode("utf-8")
         with _lock:
             # One write() on an O_APPEND descriptor: lines from several processes never interleave.
-            try:
-                fd = os.open(folder / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-            except FileNotFoundError:  # the folder went away during the run
-                private_dir(folder)
-                fd = os.open(folder / "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            fd = _open_in(folder, "sms.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 os.write(fd, data)
             finally:

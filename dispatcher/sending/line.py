@@ -47,34 +47,31 @@ class Line:
 
     def call(self, *command: Any) -> Any:
         """The queued commands, then this one, in one round trip; this one's reply."""
-        queued = self.queued
-        try:
-            return self._round_trip([*queued, command])[-1]
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            # The queued writes may not have arrived: they go again with the next round trip (each one writes
-            # this batch's own field, or moves a rate entry later; both are safe to repeat). This command's
-            # caller sees the error and does not act on it.
-            self.queued = [*queued, *self.queued]
-            raise
+        return self._round_trip(command)[-1]
 
     def script(self, sha: str, keys: list[Any], args: list[Any]) -> Any:
         """A registered script (see :func:`register`), with the queued commands; its reply."""
         return self.call("EVALSHA", sha, len(keys), *keys, *args)
 
     def flush(self) -> None:
-        queued = self.queued
-        if queued:
-            try:
-                self._round_trip(queued)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                self.queued = [*queued, *self.queued]
-                raise
+        if self.queued:
+            self._round_trip(None)
 
-    def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def _round_trip(self, command: tuple[Any, ...] | None) -> list[Any]:
+        queued, self.queued = self.queued, []
+        try:
+            return self._exchange([*queued, command] if command is not None else queued)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # The queued writes may not have arrived: they go again with the next round trip (each one writes
+            # this batch's own field, or moves a rate entry later; both are safe to repeat). The caller sees
+            # the error and does not act on ``command``.
+            self.queued = queued + self.queued
+            raise
+
+    def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         conn = self._conn
         if conn is None:
             raise redis.exceptions.ConnectionError("the batch's Redis line is closed")
-        self.queued = []  # (put back by call/flush when the connection failed)
         conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []
         for _ in commands:
